@@ -1,0 +1,108 @@
+"""Structured-config schemas for rsnet's own blocks, registered with Hydra's ConfigStore.
+
+The primary config (``conf/config.yaml``) lists ``rsnet_schema`` first in its defaults, so
+every composed config is checked against :class:`RunConfig`: a misspelt key in the
+dataset, model or train blocks fails at compose time. Blocks that hold a ``_target_``
+(sources, architectures, optimizers, schedules, losses) are free-form and are checked when
+instantiated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+# The pipeline's stages in order; ``stop_after`` names one of them.
+STAGES = ("data", "model", "baseline", "train", "evaluate", "export", "report")
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4  # random crop with this much zero padding (0: no crop)
+    flip: bool = True  # random horizontal flip
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    source: Any = MISSING  # {_target_: rsnet.data.sources.<Source>, ...}
+    root: Optional[str] = None  # data folder; else $RSNET_DATA, else ./data (then ../shared/data)
+    cache_dir: Optional[str] = None  # decoded-image cache; else $RSNET_CACHE, else ~/.cache/rsnet
+    image_size: Optional[int] = None  # resize at decode time; None keeps the native size
+    num_classes: Optional[int] = None  # N outputs incl. misc; None = all classes, no subset
+    classes: Optional[List[str]] = None  # explicit in-scope class names (else seeded choice)
+    misc: bool = True  # add a misc class for everything out of scope
+    misc_multiplier: float = 1.0  # misc images = m x in-scope images per class
+    misc_test: str = "sampled"  # "sampled" (same m on val/test) or "all" out-of-scope test images
+    val_fraction: float = 0.1  # held out of train, stratified, seeded
+    seed: int = 0
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    arch: Any = MISSING  # {_target_: builder, widths...}; num_classes is passed by the pipeline
+    checkpoint: Optional[str] = None  # weights file; relative names: $RSNET_MODELS, ./models, ../shared/models
+    input_size: int = 32  # square input side in pixels (for MACs, latency, export)
+    head: str = "subset"  # C-way -> N-way head: "subset" (start from the baseline's rows) or "reset"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    # _target_ blocks, filled from the groups conf/train/{optimizer,scheduler,loss}/
+    optimizer: Any = None  # partial: called with the model's parameters
+    scheduler: Any = None  # partial: called with (optimizer, total_steps, steps_per_epoch)
+    loss: Any = None
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None  # torch intra-op threads; None leaves torch's default
+    aux_weight: float = 0.3  # weight of an auxiliary head's loss (GoogLeNet)
+    select_on: str = "val/acc"  # validation metric for best-epoch selection (higher is better)
+    latency_runs: int = 50  # timed runs for the CPU latency measurement (0 skips it)
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"  # experiment name; part of the run directory
+    seed: int = 0
+    stop_after: str = "report"  # one of STAGES
+    overwrite: bool = False  # allow reusing a run directory that holds a different config
+    progress: bool = True  # progress bars
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: Any = None
+    compression: Any = None
+    export: Any = None
+
+
+# Keys that do not change a run's result: they are left out of the run directory's name
+# and of the config fingerprint that decides whether a run directory can be resumed.
+NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "dataset.cache_dir",
+                   "train.device", "train.threads", "train.latency_runs")
+
+
+def _dirname(override_dirname: str) -> str:
+    return override_dirname or "defaults"
+
+
+def register() -> None:
+    """Register the schema and the resolvers (idempotent)."""
+    ConfigStore.instance().store(name="rsnet_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("rsnet_dirname"):
+        OmegaConf.register_new_resolver("rsnet_dirname", _dirname)
+
+
+register()

@@ -1,0 +1,89 @@
+"""Batches served from an in-memory uint8 tensor, with batched augmentation.
+
+No per-image Python work happens in the epoch loop: a batch is one index into the
+(num_images, 3, H, W) uint8 tensor, one gather for the random crops, one ``where`` for
+the flips and one fused affine for ``/255``, mean and std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Split:
+    """One split of a (possibly subset) dataset.
+
+    images: uint8 (num_images, 3, H, W); targets: int64 training labels (subset labels);
+    orig_labels: int64 labels in the dataset's full label space (for the baseline's metrics).
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    orig_labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip of a batch (any dtype, NCHW)."""
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=g)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=g)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (n, 1, h, 1)
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (n, 1, 1, w)
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+                   rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=g) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class BatchLoader:
+    """Iterate (images float32 normalised, targets) batches of a :class:`Split`.
+
+    The order and the augmentation of epoch e depend only on (seed, e), so a run resumed at
+    an epoch boundary sees exactly the batches an uninterrupted run would (``set_epoch``).
+    """
+
+    def __init__(self, split: Split, batch_size: int, mean: list[float], std: list[float],
+                 shuffle: bool = False, crop_padding: int = 0, flip: bool = False,
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = False,
+                 device: str | torch.device = "cpu"):
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.crop_padding, self.flip = shuffle, crop_padding, flip
+        self.drop_last, self.seed, self.epoch = drop_last, seed, 0
+        self.channels_last, self.device = channels_last, torch.device(device)
+        # x / 255 then (x - mean) / std, folded into one multiply-add.
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * std_t)).to(self.device)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t).to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.split)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        augment = self.crop_padding > 0 or self.flip
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.split.images[idx]
+            if augment:
+                x = random_crop_flip(x, self.crop_padding, self.flip, g)
+            x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.split.targets[idx].to(self.device, non_blocking=True)

@@ -1,0 +1,100 @@
+"""Metrics: top-k, the scope-aware local/global/raw accuracies, parameters, MACs, latency.
+
+Conventions (also in the README):
+- params: every parameter of the model (BN running statistics are buffers, not counted).
+- MACs: multiply-accumulates of convolutions, linear layers and matmuls for one image at
+  the model's input size, i.e. torch.utils.flop_counter FLOPs / 2 (the "FLOPs" of the
+  pruning literature). BN, activations and pooling are not counted.
+- latency: median wall time of one forward pass (eval mode, no grad) after warm-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from rsnet.data.subsets import ClassSubset
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> float:
+    """Fraction of rows whose target is among the k largest logits. logits: (n, classes)."""
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean().item()
+
+
+def scope_metrics(logits: torch.Tensor, targets: torch.Tensor, misc_label: int) -> dict[str, float]:
+    """Local / global / raw accuracy of an N-way model with a misc output (method.md section 7).
+
+    local: N-way accuracy on in-scope images (predicting misc for one is an error);
+    global: in-scope vs misc, binary, on all images; raw: N-way accuracy on all images.
+    Also the misc share of the set and the scores of a constant "misc" predictor.
+    """
+    pred = logits.argmax(dim=1)
+    in_scope = targets != misc_label
+    share = 1.0 - in_scope.float().mean().item()
+    return {
+        "acc_local": (pred[in_scope] == targets[in_scope]).float().mean().item(),
+        "acc_global": ((pred != misc_label) == in_scope).float().mean().item(),
+        "acc_raw": (pred == targets).float().mean().item(),
+        "misc_share": share,
+        "const_misc_global": share,
+        "const_misc_raw": share,
+    }
+
+
+def baseline_scope_metrics(logits: torch.Tensor, orig_labels: torch.Tensor,
+                           subset: ClassSubset) -> dict[str, float]:
+    """The same three accuracies for the C-way baseline on a subset's images.
+
+    local: C-way top-1 on in-scope images; global: [argmax is an in-scope class] vs
+    [image is in scope]; raw: C-way top-1 on all images (misc images judged by their own class).
+    """
+    pred = logits.argmax(dim=1)
+    chosen = torch.tensor(subset.classes)
+    in_scope = torch.isin(orig_labels, chosen)
+    share = 1.0 - in_scope.float().mean().item()
+    return {
+        "acc_local": (pred[in_scope] == orig_labels[in_scope]).float().mean().item(),
+        "acc_global": (torch.isin(pred, chosen) == in_scope).float().mean().item(),
+        "acc_raw": (pred == orig_labels).float().mean().item(),
+        "misc_share": share,
+        "const_misc_global": share,
+        "const_misc_raw": 0.0,
+    }
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int, channels: int = 3) -> int:
+    """Conv + linear (+ matmul) MACs for one (channels, input_size, input_size) image."""
+    m = copy.deepcopy(model).eval().float().cpu()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        m(torch.zeros(1, channels, input_size, input_size))
+    return counter.get_total_flops() // 2
+
+
+def measure_latency(model: nn.Module, input_size: int, batch_size: int = 1, runs: int = 50,
+                    warmup: int = 10, channels_last: bool = False,
+                    dtype: torch.dtype | None = None) -> float:
+    """Median milliseconds of one eager forward pass on the CPU (eval mode, no grad)."""
+    m = copy.deepcopy(model).eval().float().cpu()
+    x = torch.randn(batch_size, 3, input_size, input_size)
+    if channels_last:
+        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
+                                                 enabled=dtype is not None):
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            m(x)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

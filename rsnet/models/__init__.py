@@ -1,0 +1,121 @@
+"""Model zoo: parametric builders (widths are arguments) chosen by ``model.arch._target_``.
+
+- ``resnet_cifar``: He et al.'s CIFAR ResNets (option-A shortcuts), loads akamaster's weights;
+- ``googlenet_rs``: the thesis's GoogLeNet; ``mobilenet_v1``: MobileNet v1 as the thesis built it;
+- ``vgg16``: the CIFAR VGG-16 with BN; ``torchvision_model``: any torchvision classifier by name.
+
+A model's classifier is its last ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from torch import nn
+
+from rsnet.config import ModelConfig
+from rsnet.data.subsets import ClassSubset
+from rsnet.errors import RsnetError
+from rsnet.utils import load_checkpoint_file
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Instantiate ``cfg.arch`` with ``num_classes`` outputs and load ``cfg.checkpoint`` if set."""
+    try:
+        model = instantiate(cfg.arch, num_classes=num_classes)
+    except InstantiationException as e:
+        cause = e.__cause__ if isinstance(e.__cause__, RsnetError) else None
+        if cause is not None:
+            raise cause from e
+        raise RsnetError(f"cannot build model={cfg.name} from model.arch: {e}") from e
+    if cfg.checkpoint:
+        load_weights(model, resolve_checkpoint(cfg.checkpoint))
+    return model
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """An existing path as given, else ``name`` under $RSNET_MODELS, ./models, ../shared/models."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    places = [Path(p) for p in (os.environ.get("RSNET_MODELS"),) if p]
+    places += [Path("models"), REPO_ROOT.parent / "shared" / "models"]
+    for folder in places:
+        if (folder / name).is_file():
+            return folder / name
+    raise RsnetError(f"model.checkpoint={name!r} not found (looked in ., "
+                     f"{', '.join(str(p) for p in places)}); give a path or set $RSNET_MODELS")
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a state dict (plain, or under 'state_dict'/'model'; 'module.' prefixes removed)."""
+    state = load_checkpoint_file(path, "model.checkpoint")
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RsnetError(f"model.checkpoint {path} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RsnetError(f"model.checkpoint {path} does not fit model.arch "
+                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})"
+                         ) from e
+    log.info("loaded weights from %s", path)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Qualified name of the last nn.Linear (the classifier)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise RsnetError(f"{type(model).__name__} has no nn.Linear classifier")
+    return names[-1]
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+@torch.no_grad()
+def subset_head(model: nn.Module, subset: ClassSubset, mode: str = "subset") -> nn.Module:
+    """Replace the C-way classifier by an N-way one for ``subset`` (in place; returns model).
+
+    mode "subset": in-scope rows are the baseline's rows for those classes; the misc row is
+    the mean of the out-of-scope rows with log(K) added to its bias (K out-of-scope classes),
+    a first-order stand-in for the log-sum-exp of their logits. mode "reset": fresh init.
+    """
+    name = classifier_name(model)
+    old: nn.Linear = model.get_submodule(name)
+    if old.out_features != subset.num_base_classes:
+        raise RsnetError(f"classifier {name} has {old.out_features} outputs, the dataset "
+                         f"{subset.num_base_classes} classes")
+    new = nn.Linear(old.in_features, subset.num_outputs, bias=old.bias is not None)
+    new = new.to(old.weight.device, old.weight.dtype)
+    if mode == "subset":
+        rows = list(subset.classes)
+        offset = int(subset.misc)
+        new.weight[offset:] = old.weight[rows]
+        if old.bias is not None:
+            new.bias[offset:] = old.bias[rows]
+        if subset.misc:
+            others = [c for c in range(subset.num_base_classes) if c not in set(rows)]
+            new.weight[0] = old.weight[others].mean(0)
+            if old.bias is not None:
+                new.bias[0] = old.bias[others].mean() + math.log(len(others))
+    elif mode != "reset":
+        raise RsnetError(f"model.head={mode!r}: use 'subset' or 'reset'")
+    set_module(model, name, new)
+    return model

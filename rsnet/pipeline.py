@@ -1,0 +1,167 @@
+"""The pipeline: data -> model -> baseline -> train -> evaluate -> export -> report.
+
+Only this module reads the Hydra config. Each stage leaves an artifact in the run directory
+and is skipped when that artifact is already there, so rerunning a killed command resumes it
+(training itself resumes from its last epoch checkpoint). A run directory remembers the
+fingerprint of the config that made it; reusing it with a different config is an error
+unless ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rsnet import report
+from rsnet.config import NON_RESULT_KEYS, STAGES
+from rsnet.data import DataBundle, build_data
+from rsnet.errors import RsnetError
+from rsnet.metrics import baseline_scope_metrics, count_macs, count_params, measure_latency
+from rsnet.models import build_model, subset_head
+from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
+from rsnet.utils import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of the resolved config without the keys that do not change results."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_RESULT_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for p in parents:
+            node = node.get(p) or {}
+        node.pop(leaf, None)
+    return hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Claim ``run_dir`` for this config: new, same config (resume) or ``overwrite=true``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / "run.json"
+    fp = fingerprint(cfg)
+    if marker.exists():
+        old = json.loads(marker.read_text()).get("fingerprint")
+        if old != fp and not cfg.overwrite:
+            raise RsnetError(f"{run_dir} holds a run with a different config; pick another "
+                             f"directory (hydra.run.dir=...) or pass overwrite=true to replace it")
+        if old != fp:
+            log.warning("overwrite=true: clearing %s", run_dir)
+            for p in run_dir.iterdir():
+                if p.name != ".hydra":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_json(marker, {"fingerprint": fp})
+
+
+def _cost(model: torch.nn.Module, input_size: int, prefix: str) -> dict:
+    return {f"{prefix}/params": count_params(model), f"{prefix}/macs": count_macs(model, input_size)}
+
+
+def _cached_json(path: Path, compute) -> dict:
+    if path.exists():
+        log.info("stage artifact %s exists: skipping", path.name)
+        return json.loads(path.read_text())
+    result = compute()
+    atomic_write_json(path, result)
+    return result
+
+
+def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path) -> dict:
+    """The trained baseline (C-way) on the full test set and on the subset's test images."""
+    def compute() -> dict:
+        full = data if data.subset is None else build_data(
+            OmegaConf.merge(cfg.dataset, {"num_classes": None, "classes": None}))
+        m = rt.prepare(model)
+        logits = predict(m, full.test, full, rt, cfg.train.eval_batch_size, "baseline test",
+                         cfg.progress)
+        out = {f"baseline/test/{k}": v for k, v in split_metrics(logits, full.test, None).items()}
+        if data.subset is not None:
+            sub = predict(m, data.test, data, rt, cfg.train.eval_batch_size, "baseline subset",
+                          cfg.progress)
+            scope = baseline_scope_metrics(sub, data.test.orig_labels, data.subset)
+            out.update({f"baseline/test/{k}": v for k, v in scope.items()})
+        return out
+    return _cached_json(run_dir / "baseline_metrics.json", compute)
+
+
+def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path):
+    """Fit the (N-way) model; the selected weights go to checkpoints/model.pt."""
+    final = run_dir / "checkpoints" / "model.pt"
+    if data.subset is not None:
+        subset_head(model, data.subset, cfg.model.head)
+    model = rt.prepare(model)
+    if final.exists():
+        log.info("stage artifact %s exists: skipping training", final)
+        model.load_state_dict(load_checkpoint_file(final, "trained model")["state_dict"])
+        return model, json.loads((run_dir / "history.json").read_text())
+    history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, cfg.progress)
+    atomic_write_json(run_dir / "history.json", history)
+    atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
+                       "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
+    return model, history
+
+
+def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path) -> dict:
+    def compute() -> dict:
+        logits = predict(model, data.test, data, rt, cfg.train.eval_batch_size, "test", cfg.progress)
+        out = {f"test/{k}": v for k, v in split_metrics(logits, data.test, data.misc_label).items()}
+        out.update(_cost(model, cfg.model.input_size, "model"))
+        if cfg.train.latency_runs > 0:
+            out["latency/torch_fp32_b1_ms"] = measure_latency(
+                model, cfg.model.input_size, runs=cfg.train.latency_runs)
+        return out
+    return _cached_json(run_dir / "test_metrics.json", compute)
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
+    """Run the pipeline up to ``cfg.stop_after``; returns the metrics gathered so far."""
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.stop_after not in STAGES:
+        raise RsnetError(f"stop_after={cfg.stop_after!r}: use one of {', '.join(STAGES)}")
+    last = STAGES.index(cfg.stop_after)
+    torch.manual_seed(cfg.seed)
+    prepare_run_dir(cfg, run_dir)
+    rt = resolve_runtime(cfg.train)
+    metrics: dict = {"run/name": cfg.name, "model/name": cfg.model.name, "dataset/name": cfg.dataset.name}
+
+    data = build_data(cfg.dataset)
+    atomic_write_json(run_dir / "classes.json", data.describe())
+    metrics.update({"data/num_outputs": data.num_outputs,
+                    **{f"data/{s}_images": len(getattr(data, s)) for s in ("train", "val", "test")}})
+    if data.subset is not None:
+        metrics["data/misc_share_test"] = 1 - (data.test.targets != data.misc_label).float().mean().item() \
+            if data.misc_label is not None else 0.0
+    if last == STAGES.index("data"):
+        return metrics
+
+    model = build_model(cfg.model, len(data.base_class_names))
+    metrics.update(_cost(model, cfg.model.input_size, "baseline"))
+    if last == STAGES.index("model"):
+        return metrics
+
+    if cfg.model.checkpoint:
+        metrics.update(stage_baseline(cfg, model, data, rt, run_dir))
+    if last == STAGES.index("baseline"):
+        return metrics
+
+    model, history = stage_train(cfg, model, data, rt, run_dir)
+    metrics.update(report.history_metrics(history, cfg.train.select_on))
+    if last == STAGES.index("train"):
+        return metrics
+
+    metrics.update(stage_evaluate(cfg, model, data, rt, run_dir))
+    if last < STAGES.index("report"):  # "export" has no work until an export config exists
+        return metrics
+
+    report.write(run_dir, metrics, data, history)
+    return metrics

@@ -1,0 +1,83 @@
+"""The report stage: ``metrics.json`` (flat, namespaced keys) and ``summary.md``.
+
+Built from the stages' artifacts only (never from logs). ``metrics.json`` is written last,
+atomically: its presence means the run finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rsnet.data import DataBundle
+from rsnet.utils import atomic_write_json, atomic_write_text
+
+
+def history_metrics(history: list[dict], select_on: str) -> dict:
+    """Training summary: epochs, mean throughput, time, and the selected epoch's validation row."""
+    if not history:
+        return {"train/epochs": 0}
+    best = max(history, key=lambda r: r[select_on])
+    return {
+        "train/epochs": len(history),
+        "train/images_per_s": sum(r["train/images_per_s"] for r in history) / len(history),
+        "train/time_s": sum(r["train/epoch_s"] for r in history),
+        "train/final_loss": history[-1]["train/loss"],
+        "val/best_epoch": best["epoch"],
+        **{k: v for k, v in best.items() if k.startswith("val/")},
+    }
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+ROWS = [("params", "params"), ("MACs", "macs"), ("test acc (top-1)", "test/acc"),
+        ("test acc (top-5)", "test/acc5"), ("local acc", "test/acc_local"),
+        ("global acc", "test/acc_global"), ("raw acc", "test/acc_raw"),
+        ("misc share of test set", "test/misc_share"),
+        ("constant-misc global / raw", None), ("latency b1 fp32 (ms)", "latency/torch_fp32_b1_ms")]
+
+
+def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> str:
+    n, c = data.num_outputs, len(data.base_class_names)
+    scope = (f"{n} outputs: {n - 1} classes + misc" if data.misc_label is not None else f"{n} classes")
+    lines = [f"# rsnet run `{metrics['run/name']}`", "",
+             f"- model: `{metrics['model/name']}`; dataset: `{metrics['dataset/name']}` "
+             f"({c} classes); task: {scope}",
+             f"- classes: {', '.join(data.class_names)}",
+             f"- images train / val / test: {metrics['data/train_images']:,} / "
+             f"{metrics['data/val_images']:,} / {metrics['data/test_images']:,}", "",
+             "## Baseline vs final model (test set)", "",
+             f"The baseline is the loaded {c}-way model: its `test acc` is on the full test set; "
+             "local/global/raw are on the subset's test images (method.md section 7).", "",
+             f"| metric | baseline ({c}-way) | final ({n}-way) |", "|---|---:|---:|"]
+    for label, key in ROWS:
+        if key is None:
+            b = f"{_fmt(metrics.get('baseline/test/const_misc_global'))} / " \
+                f"{_fmt(metrics.get('baseline/test/const_misc_raw'))}"
+            f = f"{_fmt(metrics.get('test/const_misc_global'))} / {_fmt(metrics.get('test/const_misc_raw'))}"
+        elif key in ("params", "macs"):
+            b, f = _fmt(metrics.get(f"baseline/{key}")), _fmt(metrics.get(f"model/{key}"))
+        else:
+            b, f = _fmt(metrics.get(f"baseline/{key}")), _fmt(metrics.get(key))
+        lines.append(f"| {label} | {b} | {f} |")
+    if history:
+        lines += ["", f"## Training ({len(history)} epochs, selected epoch "
+                  f"{metrics.get('val/best_epoch')} on validation)", "",
+                  "| epoch | train loss | train acc | val acc | lr | images/s |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['epoch']} | {r['train/loss']:.4f} | {r['train/acc']:.4f} | "
+                  f"{r['val/acc']:.4f} | {r['lr']:.2e} | {r['train/images_per_s']:.0f} |"
+                  for r in history]
+    return "\n".join(lines) + "\n"
+
+
+def write(run_dir: Path, metrics: dict, data: DataBundle, history: list[dict]) -> None:
+    atomic_write_text(run_dir / "summary.md", summary_markdown(metrics, data, history))
+    atomic_write_json(run_dir / "metrics.json", metrics)

@@ -1,0 +1,54 @@
+"""Shared fixtures. Real data and weights live in ../shared (or $RSNET_DATA / $RSNET_MODELS);
+tests that need them fail, not skip, when they are missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import rsnet.config  # noqa: F401  (schema + resolvers)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def shared(kind: str) -> Path:
+    env = os.environ.get(f"RSNET_{kind.upper()}")
+    return Path(env) if env else REPO.parent / "shared" / kind
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared("data")
+    assert (path / "cifar10-jpeg.tar.gz").exists() or (path / "cifar10-jpeg").is_dir(), \
+        f"CIFAR-10 (JPEG) not found in {path}; set RSNET_DATA"
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    path = shared("models")
+    assert (path / "resnet20-12fca82f.th").exists(), f"pretrained ResNets not found in {path}"
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Keep the decoded-image cache of test runs out of the user's cache unless one is set."""
+    if "RSNET_CACHE" not in os.environ:
+        os.environ["RSNET_CACHE"] = str(tmp_path_factory.mktemp("rsnet_cache"))
+    yield
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+# A tiny, fast configuration: synthetic 16 px images, a ResNet-8 with widths 4/8/16.
+TINY = ["dataset=synthetic", "dataset.source.size=16", "model=resnet_cifar", "model.arch.depth=8",
+        "model.arch.stage_widths=[4,8,16]", "model.input_size=16", "train.batch_size=32",
+        "train.epochs=2", "train.latency_runs=3", "progress=false"]

@@ -1,0 +1,89 @@
+"""The command line end to end (subprocesses, tiny synthetic runs): artifacts, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY
+
+REQUIRED_KEYS = {"model/params", "model/macs", "test/acc", "test/acc_local", "test/acc_global",
+                 "test/acc_raw", "test/misc_share", "train/images_per_s", "latency/torch_fp32_b1_ms"}
+
+
+def run(tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    run_dir = run_dir or tmp_path / "run"
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "run.py"), *overrides,
+                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+
+
+def test_a_run_writes_its_artifacts_and_a_rerun_resumes(tmp_path):
+    res = run(tmp_path, *TINY, "dataset.num_classes=4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(metrics)
+    assert all(isinstance(v, (int, float, str)) for v in metrics.values())  # flat
+    assert metrics["data/num_outputs"] == 4 and metrics["train/epochs"] == 2
+    classes = json.loads((d / "classes.json").read_text())
+    assert classes["class_names"][0] == "misc" and len(classes["in_scope"]) == 3
+    assert "num_classes: 4" in (d / "config.yaml").read_text()
+    assert "| local acc |" in (d / "summary.md").read_text()
+    before = (d / "checkpoints" / "model.pt").stat().st_mtime_ns
+    again = run(tmp_path, *TINY, "dataset.num_classes=4")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (d / "checkpoints" / "model.pt").stat().st_mtime_ns == before  # training skipped
+    assert json.loads((d / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+
+def test_stop_after_data_writes_no_result(tmp_path):
+    res = run(tmp_path, *TINY, "stop_after=data")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "run" / "classes.json").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_run_dir_with_another_config_is_refused(tmp_path):
+    assert run(tmp_path, *TINY, "stop_after=data").returncode == 0
+    res = run(tmp_path, *TINY, "stop_after=data", "seed=5")
+    assert res.returncode == 2 and "overwrite=true" in res.stderr
+    assert run(tmp_path, *TINY, "stop_after=data", "seed=5", "overwrite=true").returncode == 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=nosuchnet"], "model/nosuchnet"),
+    (["dataset=nosuchdata"], "dataset/nosuchdata"),
+    (["dataset.num_clases=5"], "num_clases"),
+    (["dataset.num_classes=11"], "dataset.num_classes=11"),
+    (["stop_after=everything"], "stop_after"),
+    (["model.arch.depth=9"], "depth"),
+])
+def test_bad_settings_fail_with_one_clear_message(tmp_path, overrides, message):
+    res = run(tmp_path, *TINY, *overrides)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_missing_data_root_names_the_setting(tmp_path):
+    res = run(tmp_path, "dataset=cifar10_jpeg", f"dataset.root={tmp_path / 'nothing'}",
+              "progress=false")
+    assert res.returncode == 2
+    assert "dataset.root" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.th"
+    bad.write_bytes(b"not a checkpoint at all")
+    res = run(tmp_path, *TINY, f"model.checkpoint={bad}")
+    assert res.returncode == 2 and "corrupt" in res.stderr and "Traceback" not in res.stderr
+    res = run(tmp_path, *TINY, "model.checkpoint=missing.th", run_dir=tmp_path / "run2")
+    assert res.returncode == 2 and "model.checkpoint" in res.stderr

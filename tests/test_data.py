@@ -1,0 +1,128 @@
+from collections import Counter
+
+import pytest
+import torch
+
+from rsnet.config import DatasetConfig
+from rsnet.data import build_data
+from rsnet.data.loader import BatchLoader, Split, random_crop_flip
+from rsnet.data.sources import Synthetic
+from rsnet.data.subsets import choose_classes, split_train_val, subset_indices
+from rsnet.errors import RsnetError
+from omegaconf import OmegaConf
+
+
+SYNTHETIC = {"_target_": "rsnet.data.sources.Synthetic", "num_classes": 10, "train_per_class": 40,
+             "test_per_class": 20, "size": 8}
+CIFAR = {"_target_": "rsnet.data.sources.Cifar10Jpeg"}
+
+
+def synthetic_cfg(source=SYNTHETIC, **kw) -> DatasetConfig:
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig(name="test", source=source)), kw)
+
+
+def test_subset_has_n_minus_1_classes_plus_misc_and_misc_is_out_of_scope():
+    data = build_data(synthetic_cfg(num_classes=5, misc_multiplier=2.0, seed=3))
+    assert data.num_outputs == 5 and data.class_names[0] == "misc"
+    chosen = torch.tensor(data.subset.classes)
+    assert len(chosen) == 4
+    for split in (data.train, data.val, data.test):
+        is_misc = split.targets == 0
+        # a misc image never belongs to an in-scope class ...
+        assert not torch.isin(split.orig_labels[is_misc], chosen).any()
+        # ... and every in-scope image carries its class's new label
+        lookup = {c: k + 1 for k, c in enumerate(data.subset.classes)}
+        assert [lookup[o] for o in split.orig_labels[~is_misc].tolist()] == split.targets[~is_misc].tolist()
+        per_class = (~is_misc).sum().item() / 4
+        assert is_misc.sum().item() == round(2.0 * per_class)
+    # the composition recorded for the run matches the images
+    comp = data.describe()["misc_composition"]["test"]
+    counts = Counter(data.test.orig_labels[data.test.targets == 0].tolist())
+    assert comp == {data.base_class_names[c]: n for c, n in sorted(counts.items())}
+
+
+def test_subset_is_seeded():
+    a = build_data(synthetic_cfg(num_classes=4, seed=1))
+    b = build_data(synthetic_cfg(num_classes=4, seed=1))
+    c = build_data(synthetic_cfg(num_classes=4, seed=2))
+    assert a.subset == b.subset and torch.equal(a.train.orig_labels, b.train.orig_labels)
+    assert torch.equal(a.train.images, b.train.images)
+    assert a.subset != c.subset
+
+
+def test_named_classes_and_plain_subset_without_misc():
+    data = build_data(synthetic_cfg(classes=["class7", "class2"], misc=False))
+    assert data.class_names == ["class7", "class2"] and data.misc_label is None
+    assert set(data.test.orig_labels.tolist()) == {7, 2}
+    assert (data.test.targets == (data.test.orig_labels == 2).long()).all()
+
+
+def test_misc_all_takes_every_out_of_scope_test_image():
+    data = build_data(synthetic_cfg(num_classes=3, misc_test="all"))
+    assert len(data.test) == 10 * 20  # every test image: 2 classes in scope, the rest misc
+    assert (data.test.targets == 0).sum() == 8 * 20
+
+
+@pytest.mark.parametrize("n, misc", [(11, True), (1, True), (11, False), (0, False)])
+def test_impossible_class_counts_name_the_setting(n, misc):
+    with pytest.raises(RsnetError, match="dataset.num_classes"):
+        choose_classes([f"c{i}" for i in range(10)], n, misc, seed=0)
+
+
+def test_too_many_misc_images_is_an_error():
+    with pytest.raises(RsnetError, match="misc_multiplier"):
+        subset_indices(torch.arange(10).repeat_interleave(5), choose_classes(
+            [f"c{i}" for i in range(10)], 6, True, 0), misc_multiplier=6.0, seed=0)
+
+
+def test_train_val_split_is_stratified_disjoint_and_complete():
+    labels = torch.arange(5).repeat_interleave(20)
+    train, val = split_train_val(labels, 0.25, seed=0)
+    assert len(set(train.tolist()) & set(val.tolist())) == 0
+    assert sorted(train.tolist() + val.tolist()) == list(range(100))
+    assert Counter(labels[val].tolist()) == {c: 5 for c in range(5)}
+
+
+def test_missing_data_names_where_it_looked(tmp_path):
+    cfg = synthetic_cfg(CIFAR, root=str(tmp_path))
+    with pytest.raises(RsnetError, match=r"dataset.root.*RSNET_DATA|RSNET_DATA"):
+        build_data(cfg)
+
+
+def test_crop_and_flip_match_a_per_image_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, 2, True, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # replay the same random draws one image at a time
+    oy, ox = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(6):
+        ref = padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
+        assert torch.equal(out[i], ref.flip(2) if flip[i] else ref)
+
+
+def test_loader_normalises_and_is_deterministic_per_epoch():
+    raw = Synthetic(num_classes=3, train_per_class=10, size=8).load(None, None, None).train
+    split = Split(raw.images, raw.labels, raw.labels)
+    loader = BatchLoader(split, 8, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True, crop_padding=2,
+                         flip=True, seed=1)
+    plain = BatchLoader(split, 30, mean=[0.5] * 3, std=[0.25] * 3)
+    x, _ = next(iter(plain))
+    assert torch.allclose(x, (raw.images.float() / 255 - 0.5) / 0.25, atol=1e-5)
+    loader.set_epoch(3)
+    first = [b[1] for b in loader]
+    loader.set_epoch(3)
+    assert all(torch.equal(a, b[1]) for a, b in zip(first, loader))
+    loader.set_epoch(4)
+    assert not all(torch.equal(a, b[1]) for a, b in zip(first, loader))
+    assert sum(len(b) for b in first) == 30
+
+
+def test_cifar10_jpeg_loads_with_official_split_sizes(data_dir):
+    cfg = synthetic_cfg(CIFAR, root=str(data_dir), val_fraction=0.1)
+    data = build_data(cfg)
+    assert data.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert (len(data.train), len(data.val), len(data.test)) == (45_000, 5_000, 10_000)
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (3, 32, 32)
+    assert Counter(data.test.targets.tolist()) == {c: 1000 for c in range(10)}

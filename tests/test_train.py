@@ -1,0 +1,94 @@
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from rsnet.config import DatasetConfig, TrainConfig
+from rsnet.data import build_data
+from rsnet.errors import RsnetError
+from rsnet.models.resnet_cifar import resnet_cifar
+from rsnet.train import fit, predict, resolve_runtime
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data():
+    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig(name="synthetic", source={
+        "_target_": "rsnet.data.sources.Synthetic", "num_classes": 4, "train_per_class": 48,
+        "test_per_class": 10, "size": 16})), {"num_classes": 3})
+    return build_data(cfg)
+
+
+def train_cfg(**kw) -> TrainConfig:
+    base = compose_cfg("train=finetune", "train.epochs=3", "train.batch_size=32",
+                       "train.precision=fp32", "train.channels_last=false").train
+    return OmegaConf.merge(base, kw)
+
+
+def tiny_model(num_classes=3):
+    torch.manual_seed(0)
+    return resnet_cifar(depth=8, num_classes=num_classes, stage_widths=(4, 8, 16))
+
+
+def test_training_lowers_the_loss_and_learns(data, tmp_path):
+    model = tiny_model()
+    cfg = train_cfg(epochs=6, optimizer={"lr": 0.05})
+    hist = fit(model, data, cfg, resolve_runtime(cfg), tmp_path, seed=0, progress=False)
+    assert hist[-1]["train/loss"] < hist[0]["train/loss"]
+    assert max(r["val/acc"] for r in hist) > 0.5  # chance is 1/3
+    assert {"val/acc_local", "val/acc_global", "val/acc_raw"} <= set(hist[0])
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
+    cfg = train_cfg(epochs=3)
+    rt = resolve_runtime(cfg)
+    full = tiny_model()
+    hist_full = fit(full, data, cfg, rt, tmp_path / "a", seed=0, progress=False)
+
+    def kill_after_first(epoch, row):
+        if epoch == 0:
+            raise Interrupt
+
+    killed = tiny_model()
+    with pytest.raises(Interrupt):
+        fit(killed, data, cfg, rt, tmp_path / "b", seed=0, progress=False,
+            on_epoch_end=kill_after_first)
+    resumed = tiny_model()  # a fresh process would rebuild the model from scratch
+    hist_resumed = fit(resumed, data, cfg, rt, tmp_path / "b", seed=0, progress=False)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    drop = ("train/images_per_s", "train/epoch_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in hist_full] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in hist_resumed]
+
+
+def test_best_epoch_weights_are_returned(data, tmp_path):
+    cfg = train_cfg(epochs=3)
+    rt = resolve_runtime(cfg)
+    model = tiny_model()
+    hist = fit(model, data, cfg, rt, tmp_path, seed=0, progress=False)
+    best = max(hist, key=lambda r: r["val/acc"])
+    logits = predict(model, data.val, data, rt, 64, progress=False)
+    assert (logits.argmax(1) == data.val.targets).float().mean().item() == pytest.approx(best["val/acc"])
+
+
+def test_non_finite_loss_stops_with_a_clear_message(data, tmp_path):
+    cfg = train_cfg(epochs=3, optimizer={"lr": 1e30})
+    with pytest.raises(RsnetError, match="train.optimizer.lr"):
+        fit(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0, progress=False)
+
+
+def test_bf16_channels_last_training_runs(data, tmp_path):
+    cfg = train_cfg(epochs=1, precision="bf16", channels_last=True)
+    rt = resolve_runtime(cfg)
+    model = rt.prepare(tiny_model())
+    hist = fit(model, data, cfg, rt, tmp_path, seed=0, progress=False)
+    assert torch.isfinite(torch.tensor(hist[0]["train/loss"]))
+
+
+def test_bad_precision_names_the_setting():
+    with pytest.raises(RsnetError, match="train.precision"):
+        resolve_runtime(train_cfg(precision="int3"))
