@@ -23,8 +23,10 @@ from rsnet.data.subsets import ClassSubset
 
 def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> float:
     """Fraction of rows whose target is among the k largest logits. logits: (n, classes)."""
+    if k == 1:  # argmax, so that ties break exactly as in every other metric
+        return (logits.argmax(dim=1) == targets).double().mean().item()
     k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean().item()
+    return (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).double().mean().item()
 
 
 def scope_metrics(logits: torch.Tensor, targets: torch.Tensor, misc_label: int) -> dict[str, float]:
@@ -36,11 +38,11 @@ def scope_metrics(logits: torch.Tensor, targets: torch.Tensor, misc_label: int) 
     """
     pred = logits.argmax(dim=1)
     in_scope = targets != misc_label
-    share = 1.0 - in_scope.float().mean().item()
+    share = 1.0 - in_scope.double().mean().item()
     return {
-        "acc_local": (pred[in_scope] == targets[in_scope]).float().mean().item(),
-        "acc_global": ((pred != misc_label) == in_scope).float().mean().item(),
-        "acc_raw": (pred == targets).float().mean().item(),
+        "acc_local": (pred[in_scope] == targets[in_scope]).double().mean().item(),
+        "acc_global": ((pred != misc_label) == in_scope).double().mean().item(),
+        "acc_raw": (pred == targets).double().mean().item(),
         "misc_share": share,
         "const_misc_global": share,
         "const_misc_raw": share,
@@ -57,11 +59,11 @@ def baseline_scope_metrics(logits: torch.Tensor, orig_labels: torch.Tensor,
     pred = logits.argmax(dim=1)
     chosen = torch.tensor(subset.classes)
     in_scope = torch.isin(orig_labels, chosen)
-    share = 1.0 - in_scope.float().mean().item()
+    share = 1.0 - in_scope.double().mean().item()
     return {
-        "acc_local": (pred[in_scope] == orig_labels[in_scope]).float().mean().item(),
-        "acc_global": (torch.isin(pred, chosen) == in_scope).float().mean().item(),
-        "acc_raw": (pred == orig_labels).float().mean().item(),
+        "acc_local": (pred[in_scope] == orig_labels[in_scope]).double().mean().item(),
+        "acc_global": (torch.isin(pred, chosen) == in_scope).double().mean().item(),
+        "acc_raw": (pred == orig_labels).double().mean().item(),
         "misc_share": share,
         "const_misc_global": share,
         "const_misc_raw": 0.0,

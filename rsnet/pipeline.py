@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rsnet import report
+from rsnet import progress, report
 from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.data import DataBundle, build_data
 from rsnet.errors import RsnetError
@@ -80,12 +80,10 @@ def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
         full = data if data.subset is None else build_data(
             OmegaConf.merge(cfg.dataset, {"num_classes": None, "classes": None}))
         m = rt.prepare(model)
-        logits = predict(m, full.test, full, rt, cfg.train.eval_batch_size, "baseline test",
-                         cfg.progress)
+        logits = predict(m, full.test, full, rt, cfg.train.eval_batch_size, "baseline test")
         out = {f"baseline/test/{k}": v for k, v in split_metrics(logits, full.test, None).items()}
         if data.subset is not None:
-            sub = predict(m, data.test, data, rt, cfg.train.eval_batch_size, "baseline subset",
-                          cfg.progress)
+            sub = predict(m, data.test, data, rt, cfg.train.eval_batch_size, "baseline subset")
             scope = baseline_scope_metrics(sub, data.test.orig_labels, data.subset)
             out.update({f"baseline/test/{k}": v for k, v in scope.items()})
         return out
@@ -102,7 +100,7 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
         log.info("stage artifact %s exists: skipping training", final)
         model.load_state_dict(load_checkpoint_file(final, "trained model")["state_dict"])
         return model, json.loads((run_dir / "history.json").read_text())
-    history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, cfg.progress)
+    history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed)
     atomic_write_json(run_dir / "history.json", history)
     atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
                        "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
@@ -111,7 +109,7 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
 
 def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path) -> dict:
     def compute() -> dict:
-        logits = predict(model, data.test, data, rt, cfg.train.eval_batch_size, "test", cfg.progress)
+        logits = predict(model, data.test, data, rt, cfg.train.eval_batch_size, "test")
         out = {f"test/{k}": v for k, v in split_metrics(logits, data.test, data.misc_label).items()}
         out.update(_cost(model, cfg.model.input_size, "model"))
         if cfg.train.latency_runs > 0:
@@ -130,6 +128,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         raise RsnetError(f"stop_after={cfg.stop_after!r}: use one of {', '.join(STAGES)}")
     last = STAGES.index(cfg.stop_after)
     torch.manual_seed(cfg.seed)
+    progress.set_enabled(cfg.progress)
     prepare_run_dir(cfg, run_dir)
     rt = resolve_runtime(cfg.train)
     metrics: dict = {"run/name": cfg.name, "model/name": cfg.model.name, "dataset/name": cfg.dataset.name}
@@ -139,8 +138,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     metrics.update({"data/num_outputs": data.num_outputs,
                     **{f"data/{s}_images": len(getattr(data, s)) for s in ("train", "val", "test")}})
     if data.subset is not None:
-        metrics["data/misc_share_test"] = 1 - (data.test.targets != data.misc_label).float().mean().item() \
-            if data.misc_label is not None else 0.0
+        metrics["data/misc_share_test"] = 0.0 if data.misc_label is None else \
+            (data.test.targets == data.misc_label).double().mean().item()
     if last == STAGES.index("data"):
         return metrics
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from tqdm import tqdm
 
 from rsnet.config import TrainConfig
 from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader, Split
 from rsnet.errors import RsnetError
+from rsnet.progress import bar
 from rsnet.metrics import scope_metrics, topk_accuracy
 from rsnet.utils import atomic_torch_save, load_checkpoint_file
 
@@ -81,13 +81,13 @@ def make_loader(split: Split, data: DataBundle, batch_size: int, rt: Runtime, tr
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, data: DataBundle, rt: Runtime, batch_size: int,
-            desc: str = "eval", progress: bool = True) -> torch.Tensor:
+            desc: str = "eval") -> torch.Tensor:
     """Logits (num_images, classes) float32 on the CPU, in the split's order (eval mode)."""
     was_training = model.training
     model.eval()
     out = []
     loader = make_loader(split, data, batch_size, rt, train=False)
-    for x, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for x, _ in bar(loader, desc=desc, leave=False):
         with rt.autocast():
             out.append(main_logits(model(x)).float().cpu())
     model.train(was_training)
@@ -111,8 +111,7 @@ def _loss(criterion: nn.Module, output, y: torch.Tensor, aux_weight: float) -> t
 
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_dir: Path,
-        seed: int, progress: bool = True,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+        seed: int, on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train ``model`` on data.train for cfg.epochs, select on data.val; returns the history.
 
     The model must already be on ``rt.device`` (see ``Runtime.prepare``).
@@ -137,14 +136,13 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
         history, best, start = state["history"], state["best"], state["epoch"] + 1
         log.info("resuming training from %s after epoch %d", last_path, start)
 
-    for epoch in tqdm(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs,
-                      disable=not progress):
+    for epoch in bar(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs):
         torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
         loader.set_epoch(epoch)
         model.train()
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        for step, (x, y) in enumerate(bar):
+        batches = bar(loader, desc=f"epoch {epoch + 1}", leave=False)
+        for step, (x, y) in enumerate(batches):
             with rt.autocast():
                 output = model(x)
                 loss = _loss(criterion, output, y, cfg.aux_weight)
@@ -160,9 +158,9 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
             loss_sum += loss.item() * len(y)
             correct += (main_logits(output).argmax(1) == y).sum().item()
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                batches.set_postfix(loss=f"{loss.item():.3f}")
         train_time = time.perf_counter() - t0
-        logits = predict(model, data.val, data, rt, cfg.eval_batch_size, "val", progress)
+        logits = predict(model, data.val, data, rt, cfg.eval_batch_size, "val")
         val = split_metrics(logits, data.val, data.misc_label)
         row = {"epoch": epoch + 1, "train/loss": loss_sum / seen, "train/acc": correct / seen,
                "train/images_per_s": seen / train_time, "train/epoch_s": train_time,

@@ -126,3 +126,75 @@ def test_cifar10_jpeg_loads_with_official_split_sizes(data_dir):
     assert (len(data.train), len(data.val), len(data.test)) == (45_000, 5_000, 10_000)
     assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (3, 32, 32)
     assert Counter(data.test.targets.tolist()) == {c: 1000 for c in range(10)}
+
+
+def _jpeg(rgb, size=(12, 10)) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_imagefolder_source_decodes_and_resizes(tmp_path):
+    for split in ("train", "val"):
+        for c, rgb in (("cats", (200, 10, 10)), ("dogs", (10, 10, 200))):
+            (tmp_path / "folder" / split / c).mkdir(parents=True)
+            for i in range(3):
+                (tmp_path / "folder" / split / c / f"{i}.jpg").write_bytes(_jpeg(rgb))
+    cfg = synthetic_cfg({"_target_": "rsnet.data.sources.ImageFolderSource", "path": "folder"},
+                        root=str(tmp_path), image_size=8, val_fraction=0.34, cache_dir=str(tmp_path / "c"))
+    data = build_data(cfg)
+    assert data.class_names == ["cats", "dogs"]
+    assert data.test.images.shape == (6, 3, 8, 8) and len(data.train) + len(data.val) == 6
+    red = data.test.images[data.test.targets == 0].float().mean((0, 2, 3))
+    assert red[0] > 150 and red[2] < 60  # the cats images are red, channel order kept
+
+
+def test_tiny_imagenet_layout_is_parsed_from_an_archive(tmp_path):
+    import io
+    import tarfile
+
+    files = {"tiny-imagenet-200/wnids.txt": b"n02\nn01\n",
+             "tiny-imagenet-200/words.txt": b"n01\tgoldfish, Carassius auratus\nn02\tshark\n",
+             "tiny-imagenet-200/val/val_annotations.txt":
+                 b"val_0.JPEG\tn01\t0 0 1 1\nval_1.JPEG\tn02\t0 0 1 1\n",
+             "tiny-imagenet-200/val/images/val_0.JPEG": _jpeg((250, 0, 0), (8, 8)),
+             "tiny-imagenet-200/val/images/val_1.JPEG": _jpeg((0, 0, 250), (8, 8))}
+    for w, rgb in (("n01", (250, 0, 0)), ("n02", (0, 0, 250))):
+        for k in range(2):
+            files[f"tiny-imagenet-200/train/{w}/images/{w}_{k}.JPEG"] = _jpeg(rgb, (8, 8))
+        files[f"tiny-imagenet-200/train/{w}/{w}_boxes.txt"] = b""
+    with tarfile.open(tmp_path / "tiny-imagenet-200.tar.gz", "w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = __import__("rsnet.data.sources", fromlist=["TinyImageNet"]).TinyImageNet().load(
+        tmp_path, tmp_path / "cache", None)
+    assert raw.class_names == ["n02 (shark)", "n01 (goldfish)"]  # wnids.txt order
+    assert raw.train.labels.tolist() == [1, 1, 0, 0]
+    assert raw.test.labels.tolist() == [1, 0]  # val_0 is n01 -> label 1
+    assert raw.test.images[0, 0].float().mean() > 200  # val_0 is the red one
+
+
+def test_a_corrupt_archive_is_a_clear_error(tmp_path):
+    (tmp_path / "cifar10-jpeg.tar.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    with pytest.raises(RsnetError, match="corrupt"):
+        build_data(synthetic_cfg(CIFAR, root=str(tmp_path), cache_dir=str(tmp_path / "c")))
+
+
+def test_torchvision_cifar_without_files_says_how_to_get_them(tmp_path):
+    with pytest.raises(RsnetError, match="download=true"):
+        build_data(synthetic_cfg({"_target_": "rsnet.data.sources.TorchvisionCifar"},
+                                 root=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_tiny_imagenet_loads(data_dir):
+    cfg = synthetic_cfg({"_target_": "rsnet.data.sources.TinyImageNet"}, root=str(data_dir),
+                        num_classes=10)
+    data = build_data(cfg)
+    assert len(data.base_class_names) == 200 and data.test.images.shape[1:] == (3, 64, 64)
+    assert (data.test.targets != 0).sum() == 9 * 50  # 9 in-scope classes x 50 val images

@@ -58,3 +58,14 @@ def test_focal_loss_matches_its_definition():
     assert FocalLoss(gamma=2.0)(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
     assert FocalLoss(gamma=0.0)(logits, target).item() == pytest.approx(
         nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+
+
+def test_top1_and_raw_accuracy_agree_on_tied_logits():
+    from rsnet.data.loader import Split
+    from rsnet.train import split_metrics
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(500, 5, generator=g) * 0.02).bfloat16().float()  # bf16 rounding -> ties
+    targets = torch.randint(0, 5, (500,), generator=g)
+    m = split_metrics(logits, Split(torch.zeros(500, 3, 1, 1, dtype=torch.uint8), targets, targets), 0)
+    assert m["acc"] == m["acc_raw"]

@@ -36,7 +36,7 @@ def tiny_model(num_classes=3):
 def test_training_lowers_the_loss_and_learns(data, tmp_path):
     model = tiny_model()
     cfg = train_cfg(epochs=6, optimizer={"lr": 0.05})
-    hist = fit(model, data, cfg, resolve_runtime(cfg), tmp_path, seed=0, progress=False)
+    hist = fit(model, data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
     assert hist[-1]["train/loss"] < hist[0]["train/loss"]
     assert max(r["val/acc"] for r in hist) > 0.5  # chance is 1/3
     assert {"val/acc_local", "val/acc_global", "val/acc_raw"} <= set(hist[0])
@@ -46,7 +46,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     cfg = train_cfg(epochs=3)
     rt = resolve_runtime(cfg)
     full = tiny_model()
-    hist_full = fit(full, data, cfg, rt, tmp_path / "a", seed=0, progress=False)
+    hist_full = fit(full, data, cfg, rt, tmp_path / "a", seed=0)
 
     def kill_after_first(epoch, row):
         if epoch == 0:
@@ -54,10 +54,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
 
     killed = tiny_model()
     with pytest.raises(Interrupt):
-        fit(killed, data, cfg, rt, tmp_path / "b", seed=0, progress=False,
+        fit(killed, data, cfg, rt, tmp_path / "b", seed=0,
             on_epoch_end=kill_after_first)
     resumed = tiny_model()  # a fresh process would rebuild the model from scratch
-    hist_resumed = fit(resumed, data, cfg, rt, tmp_path / "b", seed=0, progress=False)
+    hist_resumed = fit(resumed, data, cfg, rt, tmp_path / "b", seed=0)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     drop = ("train/images_per_s", "train/epoch_s")
@@ -69,26 +69,35 @@ def test_best_epoch_weights_are_returned(data, tmp_path):
     cfg = train_cfg(epochs=3)
     rt = resolve_runtime(cfg)
     model = tiny_model()
-    hist = fit(model, data, cfg, rt, tmp_path, seed=0, progress=False)
+    hist = fit(model, data, cfg, rt, tmp_path, seed=0)
     best = max(hist, key=lambda r: r["val/acc"])
-    logits = predict(model, data.val, data, rt, 64, progress=False)
+    logits = predict(model, data.val, data, rt, 64)
     assert (logits.argmax(1) == data.val.targets).float().mean().item() == pytest.approx(best["val/acc"])
 
 
 def test_non_finite_loss_stops_with_a_clear_message(data, tmp_path):
     cfg = train_cfg(epochs=3, optimizer={"lr": 1e30})
     with pytest.raises(RsnetError, match="train.optimizer.lr"):
-        fit(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0, progress=False)
+        fit(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
 
 
 def test_bf16_channels_last_training_runs(data, tmp_path):
     cfg = train_cfg(epochs=1, precision="bf16", channels_last=True)
     rt = resolve_runtime(cfg)
     model = rt.prepare(tiny_model())
-    hist = fit(model, data, cfg, rt, tmp_path, seed=0, progress=False)
+    hist = fit(model, data, cfg, rt, tmp_path, seed=0)
     assert torch.isfinite(torch.tensor(hist[0]["train/loss"]))
 
 
 def test_bad_precision_names_the_setting():
     with pytest.raises(RsnetError, match="train.precision"):
         resolve_runtime(train_cfg(precision="int3"))
+
+
+def test_auxiliary_heads_add_their_weighted_loss():
+    from rsnet.train import _loss
+
+    crit = torch.nn.CrossEntropyLoss()
+    main, aux, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert torch.allclose(_loss(crit, (main, aux), y, 0.3), crit(main, y) + 0.3 * crit(aux, y))
+    assert torch.allclose(_loss(crit, main, y, 0.3), crit(main, y))

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from rsnet.errors import RsnetError
+from rsnet.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,12 @@ def _walk_files(path: Path, desc: str) -> Iterator[tuple[str, bytes]]:
     """Yield (relative path, bytes) of every file in a folder or a .tar.gz archive."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        for p in tqdm(files, desc=desc, unit="file", mininterval=2):
+        for p in bar(files, desc=desc, unit="file"):
             yield p.relative_to(path).as_posix(), p.read_bytes()
         return
     try:
         with tarfile.open(path, "r|*") as tf:
-            for m in tqdm(tf, desc=desc, unit="file", mininterval=2):
+            for m in bar(tf, desc=desc, unit="file"):
                 if m.isfile():
                     name = m.name.split("/", 1)[1] if "/" in m.name else m.name
                     yield name, tf.extractfile(m).read()
@@ -245,7 +245,7 @@ class ImageFolderSource:
             files = sorted(p for c in class_names if (d / c).is_dir() for p in (d / c).iterdir()
                            if p.suffix.lower() in IMAGE_SUFFIXES)
             items = [(p.relative_to(d).as_posix(), index[p.parent.name], decode_image(p, image_size))
-                     for p in tqdm(files, desc=f"decoding {d}", unit="img", mininterval=2)]
+                     for p in bar(files, desc=f"decoding {d}", unit="img")]
             splits.append(_stack(items))
         return RawDataset(*splits, class_names)
 

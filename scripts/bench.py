@@ -1,0 +1,204 @@
+"""Speed benchmarks; writes JSON and prints a markdown table.
+
+    python scripts/bench.py train [--models resnet20 resnet56] [--steps 40] [--out FILE]
+
+``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and for fp32 and
+bf16 + channels_last:
+  - rsnet: the real loop (``rsnet.train.fit``: in-memory uint8 batches, batched crop/flip);
+  - bare: the model step alone on one in-memory float batch (the compute ceiling);
+  - reference: torchvision-reference style, ImageFolder + DataLoader(2 workers) + PIL transforms;
+and, unless --no-accuracy, ResNet-20 trained one epoch from scratch in fp32 and in bf16 + CL
+(test accuracy of each), to check that bf16 costs no accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import rsnet.config  # noqa: E402,F401
+from rsnet import progress  # noqa: E402
+from rsnet.data import build_data, data_root  # noqa: E402
+from rsnet.data.sources import default_cache_dir  # noqa: E402
+from rsnet.models import build_model  # noqa: E402
+from rsnet.train import fit, predict, resolve_runtime  # noqa: E402
+
+MODES = {"fp32": ("fp32", False), "bf16+cl": ("bf16", True)}
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def step_fn(model, rt, optimizer):
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step(x, y):
+        with rt.autocast():
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def timed(batches, step, warmup: int, steps: int, batch_size: int) -> float:
+    """Images/s over ``steps`` steps after ``warmup`` untimed ones (batch fetch included)."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(*next(it))
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def bare(model, rt, batch_size, warmup, steps) -> float:
+    x = torch.randn(batch_size, 3, 32, 32, device=rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), device=rt.device)
+    step = step_fn(model, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    return timed(iter(lambda: (x, y), None), step, warmup, steps, batch_size)
+
+
+def rsnet_loop(model, rt, cfg, data, batch_size, warmup, steps) -> float:
+    """``fit`` for one epoch over (warmup + steps) batches; its own images/s (validation excluded)."""
+    sub = copy.copy(data)
+    n = (warmup + steps) * batch_size
+    sub.train = type(data.train)(data.train.images[:n], data.train.targets[:n], data.train.orig_labels[:n])
+    sub.val = type(data.val)(data.val.images[:256], data.val.targets[:256], data.val.orig_labels[:256])
+    tcfg = OmegaConf.merge(cfg.train, {"epochs": 1, "batch_size": batch_size})
+    with tempfile.TemporaryDirectory() as tmp:
+        hist = fit(model, sub, tcfg, rt, Path(tmp), seed=0)
+    return hist[0]["train/images_per_s"]
+
+
+def extracted_cifar(root: Path) -> Path:
+    """The ImageFolder tree of CIFAR-10 (JPEG), extracting the archive into the cache once."""
+    if (root / "cifar10-jpeg").is_dir():
+        return root / "cifar10-jpeg"
+    target = default_cache_dir() / "extracted"
+    if not (target / "cifar10-jpeg" / "train").is_dir():
+        with tarfile.open(root / "cifar10-jpeg.tar.gz") as tf:
+            tf.extractall(target, filter="data")
+    return target / "cifar10-jpeg"
+
+
+def reference(model, rt, folder: Path, batch_size, warmup, steps, mean, std) -> float:
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(mean, std)])
+    loader = torch.utils.data.DataLoader(ImageFolder(str(folder / "train"), tf), batch_size=batch_size,
+                                         shuffle=True, num_workers=2, drop_last=True,
+                                         persistent_workers=False)
+    step = step_fn(model, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+
+    def batches():
+        for x, y in loader:
+            x, y = x.to(rt.device), y.to(rt.device)
+            yield (x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x), y
+    return timed(batches(), step, warmup, steps, batch_size)
+
+
+def one_epoch_accuracy(cfg, data, mode: str) -> float:
+    precision, cl = MODES[mode]
+    tcfg = OmegaConf.merge(cfg.train, {"epochs": 1, "precision": precision, "channels_last": cl,
+                                       "optimizer": {"lr": 0.1}})
+    rt = resolve_runtime(tcfg)
+    torch.manual_seed(0)
+    model = rt.prepare(build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), 10))
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(model, data, tcfg, rt, Path(tmp), seed=0)
+    logits = predict(model, data.test, data, rt, 500)
+    return (logits.argmax(1) == data.test.targets).float().mean().item()
+
+
+def bench_train(args) -> dict:
+    cfg = compose_cfg("dataset.num_classes=null", "progress=false")
+    progress.set_enabled(False)
+    data = build_data(cfg.dataset)
+    folder = extracted_cifar(data_root(cfg.dataset.root))
+    rows = []
+    for name in args.models:
+        mcfg = compose_cfg(f"model={name}").model
+        for mode, (precision, cl) in MODES.items():
+            tcfg = OmegaConf.merge(cfg.train, {"precision": precision, "channels_last": cl})
+            rt = resolve_runtime(tcfg)
+            fresh = lambda: rt.prepare(build_model(mcfg, 10))  # noqa: E731
+            row = {"model": name, "mode": mode, "batch_size": args.batch_size}
+            bare(fresh(), rt, args.batch_size, 15, 1)  # warm oneDNN's kernel caches for these shapes
+            row["bare"] = bare(fresh(), rt, args.batch_size, args.warmup, args.steps)
+            row["rsnet"] = rsnet_loop(fresh(), rt, OmegaConf.merge(cfg, {"train": tcfg}), data,
+                                      args.batch_size, args.warmup, args.steps)
+            row["reference"] = reference(fresh(), rt, folder, args.batch_size, args.warmup,
+                                         args.steps, data.mean, data.std)
+            row["rsnet_vs_bare"] = row["rsnet"] / row["bare"]
+            row["rsnet_vs_reference"] = row["rsnet"] / row["reference"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for name in args.models:
+        fp32, bf16 = (next(r for r in rows if r["model"] == name and r["mode"] == m) for m in MODES)
+        bf16["bf16_speedup"] = bf16["rsnet"] / fp32["rsnet"]
+    out = {"rows": rows}
+    if args.accuracy:
+        out["one_epoch_test_acc"] = {m: one_epoch_accuracy(cfg, data, m) for m in MODES}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | mode | rsnet img/s | bare step img/s | reference img/s | rsnet/bare | "
+             "rsnet/reference | bf16 speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        speedup = f"{r['bf16_speedup']:.2f}x" if "bf16_speedup" in r else ""
+        lines.append(f"| {r['model']} | {r['mode']} | {r['rsnet']:.0f} | {r['bare']:.0f} | "
+                     f"{r['reference']:.0f} | {r['rsnet_vs_bare']:.2f} | "
+                     f"{r['rsnet_vs_reference']:.2f} | {speedup} |")
+    if "one_epoch_test_acc" in result:
+        acc = result["one_epoch_test_acc"]
+        lines.append("\nResNet-20 from scratch, one epoch, test accuracy: " +
+                     ", ".join(f"{m} {a:.4f}" for m, a in acc.items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("section", choices=["train"], nargs="?", default="train")
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--no-accuracy", dest="accuracy", action="store_false")
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "train.json")
+    args = p.parse_args()
+    result = {"section": args.section, "machine": {"cpu_threads": torch.get_num_threads(),
+              "platform": platform.platform(), "torch": torch.__version__,
+              "processor": platform.processor()}, "args": {k: str(v) for k, v in vars(args).items()}}
+    result.update(bench_train(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nwritten {args.out}")
+
+
+if __name__ == "__main__":
+    main()
