@@ -93,8 +93,8 @@ def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
 def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path):
     """Fit the (N-way) model; the selected weights go to checkpoints/model.pt."""
     final = run_dir / "checkpoints" / "model.pt"
-    if data.subset is not None:
-        subset_head(model, data.subset, cfg.model.head)
+    if data.subset is not None:  # an untrained baseline has no rows worth keeping
+        subset_head(model, data.subset, cfg.model.head if cfg.model.checkpoint else "reset")
     model = rt.prepare(model)
     if final.exists():
         log.info("stage artifact %s exists: skipping training", final)

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tarfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,16 +154,27 @@ def _walk_files(path: Path, desc: str) -> Iterator[tuple[str, bytes]]:
 
 # ----------------------------------------------------------------------------- sources
 
-class Cifar10Jpeg:
-    """CIFAR-10 re-encoded as JPEG (``cifar10-jpeg/{train,test}/<class>/NNNN.jpg``)."""
+class _FolderOrArchive(ABC):
+    """A dataset shipped as ``<root>/<folder>/`` or ``<root>/<folder>.tar.gz``."""
 
-    name = "cifar10_jpeg"
-    folder = "cifar10-jpeg"
+    name: str
+    folder: str
 
     def load(self, root: Path, cache_dir: Path, image_size: int | None) -> RawDataset:
         path = _find(root, self.folder)
         return cached(f"{self.name}:{_fingerprint(path)}:{image_size}",
                       lambda: self._decode(path, image_size), cache_dir)
+
+    @abstractmethod
+    def _decode(self, path: Path, image_size: int | None) -> RawDataset:
+        """Decode every image under ``path`` (a folder or an archive)."""
+
+
+class Cifar10Jpeg(_FolderOrArchive):
+    """CIFAR-10 re-encoded as JPEG (``cifar10-jpeg/{train,test}/<class>/NNNN.jpg``)."""
+
+    name = "cifar10_jpeg"
+    folder = "cifar10-jpeg"
 
     def _decode(self, path: Path, image_size: int | None) -> RawDataset:
         found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
@@ -176,16 +188,11 @@ class Cifar10Jpeg:
         return RawDataset(*splits, class_names)
 
 
-class TinyImageNet:
+class TinyImageNet(_FolderOrArchive):
     """Tiny-ImageNet-200 (CS231n layout); its labelled ``val`` split serves as the test set."""
 
     name = "tiny_imagenet"
     folder = "tiny-imagenet-200"
-
-    def load(self, root: Path, cache_dir: Path, image_size: int | None) -> RawDataset:
-        path = _find(root, self.folder)
-        return cached(f"{self.name}:{_fingerprint(path)}:{image_size}",
-                      lambda: self._decode(path, image_size), cache_dir)
 
     def _decode(self, path: Path, image_size: int | None) -> RawDataset:
         train, val, wnids, words, val_ann = [], {}, None, {}, {}
