@@ -127,7 +127,7 @@ def resnet_cifar(
         inner_widths: 3n conv1 output widths, block by block; default = the stage width.
 
     Returns a model mapping ``(B, 3, 32, 32)`` to logits ``(B, num_classes)``.
-    ResNet-20: 272,474 parameters; ResNet-56: 853,018 (10 classes).
+    ResNet-20: 269,722 parameters; ResNet-56: 853,018 (10 classes).
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise RsnetError(f"depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth!r}")

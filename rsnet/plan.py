@@ -1,0 +1,76 @@
+"""WidthPlan: the widths of every micro-layer of a scaled network, and why (``plan.json``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rsnet.errors import RsnetError
+from rsnet.utils import atomic_write_json
+
+
+@dataclass
+class MicroWidth:
+    name: str  # module name of the conv / linear
+    macro: int | None  # index of its macro-layer (None: fixed, e.g. the classifier)
+    base_width: int
+    width: int
+
+
+@dataclass
+class MacroWidth:
+    name: str
+    factor: float
+    base_out_width: int
+    out_width: int
+
+
+@dataclass
+class WidthPlan:
+    model: str
+    input_size: int
+    num_outputs: int
+    policy: str
+    micro: list[MicroWidth]
+    macro: list[MacroWidth]
+    predicted: dict  # {"params": int, "macs": int} of the model built at this plan
+    baseline: dict  # {"params", "macs"} of the C-way baseline
+    budget: dict | None = None  # rsnet.budget.Budget.as_dict()
+    units: list[list[int]] = field(default_factory=list)  # macro indices sharing one factor
+
+    def widths(self) -> dict[str, int]:
+        """Module name -> width, for every micro-layer."""
+        return {m.name: m.width for m in self.micro}
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> WidthPlan:
+        try:
+            raw = json.loads(Path(path).read_text())
+            raw["micro"] = [MicroWidth(**m) for m in raw["micro"]]
+            raw["macro"] = [MacroWidth(**m) for m in raw["macro"]]
+            return cls(**raw)
+        except FileNotFoundError as e:
+            raise RsnetError(f"plan file {path} not found: check scaling.policy.path") from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise RsnetError(f"plan file {path} is not a WidthPlan ({e}); check scaling.policy.path") from e
+
+    def table(self) -> str:
+        """A readable markdown table: one row per macro-layer with its micro-layer widths."""
+        rows = ["| # | macro-layer | factor | out width | micro-layer widths |", "|---:|---|---:|---:|---|"]
+        for i, m in enumerate(self.macro):
+            widths = ", ".join(f"{u.width}" for u in self.micro if u.macro == i)
+            rows.append(f"| {i} | {m.name} | {m.factor:g} | {m.base_out_width} -> {m.out_width} | {widths} |")
+        p, b = self.predicted, self.baseline
+        lines = [f"WidthPlan `{self.policy}` for {self.model} ({self.num_outputs} outputs, "
+                 f"{self.input_size} px)", ""] + rows + [""]
+        lines.append(f"params {p['params']:,} (baseline {b['params']:,}, x{p['params'] / b['params']:.3f}); "
+                     f"MACs {p['macs']:,} (baseline {b['macs']:,}, x{p['macs'] / b['macs']:.3f})")
+        if self.budget:
+            bud = self.budget
+            lines.append(f"budget ({bud['rule']}, {bud['unit']}): {bud['value']:,.0f}; "
+                         f"used {p[bud['unit']] / bud['value']:.2%}")
+        return "\n".join(lines)
