@@ -18,7 +18,7 @@ from omegaconf import MISSING, OmegaConf
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # The pipeline's stages in order; ``stop_after`` names one of them.
-STAGES = ("data", "model", "baseline", "train", "evaluate", "export", "report")
+STAGES = ("data", "model", "baseline", "plan", "train", "evaluate", "export", "report")
 
 
 @dataclass
@@ -74,6 +74,31 @@ class TrainConfig:
 
 
 @dataclass
+class BudgetConfig:
+    rule: str = "thesis"  # thesis: Phi (lam + N/C) | thesis_alt: Phi (lam + (1-lam) N/C) | ratio | absolute
+    lam: float = 0.045  # class-agnostic share lambda of the thesis rules
+    value: Optional[float] = None  # ratio of Phi (rule=ratio) or absolute cost (rule=absolute)
+    unit: str = "params"  # params | macs, at model.input_size
+    num_base_classes: Optional[int] = None  # C; None = the dataset's number of classes
+
+
+@dataclass
+class WidthRuleConfig:
+    min_width: int = 1  # no micro-layer narrower than this
+    round_to: Optional[int] = None  # round widths to a multiple (e.g. 8) for hardware
+
+
+@dataclass
+class ScalingConfig:
+    name: str = "none"  # none | rs | uniform | factors | plan
+    policy: Any = None  # {_target_: rsnet.scaling.<Policy>, ...}
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    widths: WidthRuleConfig = field(default_factory=WidthRuleConfig)
+    tie: List[List[str]] = field(default_factory=list)  # macro-layer names that share one factor
+    bottleneck: bool = True  # keep the baseline's order of consecutive macro-layer output widths
+
+
+@dataclass
 class RunConfig:
     name: str = "default"  # experiment name; part of the run directory
     seed: int = 0
@@ -83,7 +108,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    scaling: Any = None
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     compression: Any = None
     export: Any = None
 

@@ -13,9 +13,12 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rsnet import progress, report
@@ -23,7 +26,12 @@ from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.data import DataBundle, build_data
 from rsnet.errors import RsnetError
 from rsnet.metrics import baseline_scope_metrics, count_macs, count_params, measure_latency
+from rsnet.budget import make_budget
+from rsnet.graph import analyze
 from rsnet.models import build_model, subset_head
+from rsnet.models.widths import build_at_widths
+from rsnet.plan import WidthPlan
+from rsnet.scaling import Scaler, WidthRule
 from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
 from rsnet.utils import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint_file
 
@@ -90,10 +98,74 @@ def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
     return _cached_json(run_dir / "baseline_metrics.json", compute)
 
 
-def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path):
-    """Fit the (N-way) model; the selected weights go to checkpoints/model.pt."""
+def stage_plan(cfg: DictConfig, baseline: torch.nn.Module, data: DataBundle, run_dir: Path
+               ) -> WidthPlan | None:
+    """Trace the N-way architecture, set the budget and solve for the widths (plan.json)."""
+    if cfg.scaling.name == "none":
+        return None
+    path = run_dir / "plan.json"
+    if path.exists():
+        log.info("stage artifact %s exists: skipping planning", path.name)
+        return WidthPlan.load(path)
+    t0 = time.perf_counter()
+    sc = cfg.scaling
+    arch = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), data.num_outputs)
+    graph = analyze(arch, cfg.model.input_size, tie=[list(t) for t in sc.tie])
+    atomic_write_json(run_dir / "groups.json", describe_graph(graph))
+    base_cost = {"params": count_params(baseline), "macs": count_macs(baseline, cfg.model.input_size)}
+    num_base = sc.budget.num_base_classes or len(data.base_class_names)
+    budget = make_budget(sc.budget.rule, sc.budget.unit, base_cost[sc.budget.unit],
+                         data.num_outputs, num_base, sc.budget.lam, sc.budget.value)
+    try:
+        policy = instantiate(sc.policy, _convert_="all")
+    except InstantiationException as e:
+        raise RsnetError(f"scaling.policy of scaling={sc.name} is invalid: {e}") from e
+    scaler = Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), sc.bottleneck)
+    plan = policy.make(scaler, budget, base_cost)
+    plan.solve_time_s = time.perf_counter() - t0
+    plan.save(path)
+    log.info("%s", plan.table())
+    return plan
+
+
+def describe_graph(graph) -> dict:
+    """The graph analysis as JSON (groups.json): micro-layers, groups, macro-layers, units."""
+    return {"micro": [{"name": m.name, "kind": m.kind, "base_width": m.base_width, "macro": m.macro,
+                       "group": m.group} for m in graph.micro],
+            "groups": [{"id": g.id, "members": g.members, "base_width": g.base_width}
+                       for g in graph.groups],
+            "macro": [{"index": m.index, "name": m.name, "micro": m.micro, "unit": m.unit,
+                       "base_out_width": m.base_out_width} for m in graph.macros],
+            "units": graph.units}
+
+
+def plan_metrics(plan: WidthPlan) -> dict:
+    out = {"plan/policy": plan.policy, "plan/params": plan.predicted["params"],
+           "plan/macs": plan.predicted["macs"],
+           "plan/factors": " ".join(f"{m.factor:g}" for m in plan.macro),
+           "plan/time_s": plan.solve_time_s}
+    if plan.budget:
+        out.update({"plan/budget": plan.budget["value"], "plan/budget_unit": plan.budget["unit"],
+                    "plan/budget_used": plan.predicted[plan.budget["unit"]] / plan.budget["value"]})
+    return out
+
+
+def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path,
+                plan: WidthPlan | None = None):
+    """Fit the (N-way) model; the selected weights go to checkpoints/model.pt.
+
+    With a plan, the model is the scaled network built at the plan's widths from scratch
+    (the thesis's way); its cost must equal the plan's prediction.
+    """
     final = run_dir / "checkpoints" / "model.pt"
-    if data.subset is not None:  # an untrained baseline has no rows worth keeping
+    if plan is not None:
+        torch.manual_seed(cfg.seed)
+        model = build_at_widths(cfg.model, data.num_outputs, plan.widths(), model)
+        cost = _cost(model, cfg.model.input_size, "m")
+        if (cost["m/params"], cost["m/macs"]) != (plan.predicted["params"], plan.predicted["macs"]):
+            raise RsnetError(f"the model built at the plan costs {cost} but the plan predicted "
+                             f"{plan.predicted}: a bug in rsnet's graph analysis, please report it")
+    elif data.subset is not None:  # an untrained baseline has no rows worth keeping
         subset_head(model, data.subset, cfg.model.head if cfg.model.checkpoint else "reset")
     model = rt.prepare(model)
     if final.exists():
@@ -153,7 +225,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if last == STAGES.index("baseline"):
         return metrics
 
-    model, history = stage_train(cfg, model, data, rt, run_dir)
+    plan = stage_plan(cfg, model, data, run_dir)
+    if plan is not None:
+        metrics.update(plan_metrics(plan))
+    if last == STAGES.index("plan"):
+        return metrics
+
+    model, history = stage_train(cfg, model, data, rt, run_dir, plan)
     metrics.update(report.history_metrics(history, cfg.train.select_on))
     if last == STAGES.index("train"):
         return metrics

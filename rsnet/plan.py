@@ -38,6 +38,7 @@ class WidthPlan:
     baseline: dict  # {"params", "macs"} of the C-way baseline
     budget: dict | None = None  # rsnet.budget.Budget.as_dict()
     units: list[list[int]] = field(default_factory=list)  # macro indices sharing one factor
+    solve_time_s: float = 0.0  # graph analysis + solving, seconds
 
     def widths(self) -> dict[str, int]:
         """Module name -> width, for every micro-layer."""
@@ -60,9 +61,11 @@ class WidthPlan:
 
     def table(self) -> str:
         """A readable markdown table: one row per macro-layer with its micro-layer widths."""
-        rows = ["| # | macro-layer | factor | out width | micro-layer widths |", "|---:|---|---:|---:|---|"]
+        rows = ["| # | macro-layer | factor | out width | micro-layer widths (execution order) |",
+                "|---:|---|---:|---:|---|"]
         for i, m in enumerate(self.macro):
-            widths = ", ".join(f"{u.width}" for u in self.micro if u.macro == i)
+            widths = ", ".join(f"{u.name.removeprefix(m.name + '.').removesuffix('.conv')} {u.width}"
+                               for u in self.micro if u.macro == i)
             rows.append(f"| {i} | {m.name} | {m.factor:g} | {m.base_out_width} -> {m.out_width} | {widths} |")
         p, b = self.predicted, self.baseline
         lines = [f"WidthPlan `{self.policy}` for {self.model} ({self.num_outputs} outputs, "

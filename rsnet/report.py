@@ -67,6 +67,14 @@ def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> st
         else:
             b, f = _fmt(metrics.get(f"baseline/{key}")), _fmt(metrics.get(key))
         lines.append(f"| {label} | {b} | {f} |")
+    if "plan/policy" in metrics:
+        lines += ["", "## Width plan", "",
+                  f"- policy `{metrics['plan/policy']}`; factors per macro-layer: {metrics['plan/factors']}",
+                  f"- predicted params {metrics['plan/params']:,}, MACs {metrics['plan/macs']:,} "
+                  f"(built model: {metrics.get('model/params', 0):,} / {metrics.get('model/macs', 0):,})"]
+        if "plan/budget" in metrics:
+            lines.append(f"- budget {metrics['plan/budget']:,.0f} {metrics['plan/budget_unit']}, "
+                         f"used {metrics['plan/budget_used']:.2%}; see plan.json")
     if history:
         lines += ["", f"## Training ({len(history)} epochs, selected epoch "
                   f"{metrics.get('val/best_epoch')} on validation)", "",

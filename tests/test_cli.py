@@ -87,3 +87,26 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "corrupt" in res.stderr and "Traceback" not in res.stderr
     res = run(tmp_path, *TINY, "model.checkpoint=missing.th", run_dir=tmp_path / "run2")
     assert res.returncode == 2 and "model.checkpoint" in res.stderr
+
+
+def test_stop_after_plan_writes_the_plan_and_a_full_run_builds_it(tmp_path):
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "scaling=rs", "stop_after=plan")
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    plan = json.loads((d / "plan.json").read_text())
+    assert {"micro", "macro", "predicted", "budget", "units"} <= set(plan)
+    assert plan["predicted"]["params"] <= plan["budget"]["value"]
+    assert json.loads((d / "groups.json").read_text())["macro"]
+    assert "WidthPlan" in res.stdout + res.stderr  # the table is shown
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "scaling=rs")  # resumes after the plan
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["model/params"] == plan["predicted"]["params"]
+    assert metrics["model/macs"] == plan["predicted"]["macs"]
+    assert "## Width plan" in (d / "summary.md").read_text()
+
+
+def test_an_impossible_budget_is_a_clear_error(tmp_path):
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "scaling=rs", "scaling.budget.rule=absolute",
+              "scaling.budget.value=10", "stop_after=plan")
+    assert res.returncode == 2 and "smallest plan" in res.stderr and "Traceback" not in res.stderr

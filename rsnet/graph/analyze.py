@@ -1,0 +1,257 @@
+"""``analyze(model, input_size)``: trace, propagate channels, find macro-layers, build costs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+
+import torch
+from torch import nn
+from torch.fx import Node
+
+from rsnet.errors import RsnetError
+from rsnet.graph.channels import Chan, ChannelPass, Segs, simplify
+from rsnet.graph.structure import (assign_macros, cut_points, data_flow_order, macro_name,
+                                   spans, units)
+from rsnet.graph.trace import propagate, trace
+from rsnet.graph.types import (Constraint, Form, Group, MacroLayer, MicroLayer, ModelGraph,
+                               Polynomial)
+
+__all__ = ["analyze"]
+
+
+def _size(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int) and not isinstance(input_size, bool) and input_size > 0:
+        return input_size, input_size
+    if isinstance(input_size, Sequence) and len(input_size) == 2 \
+            and all(isinstance(v, int) and v > 0 for v in input_size):
+        return int(input_size[0]), int(input_size[1])
+    raise RsnetError(f"input_size must be a positive int (or [height, width]), got {input_size!r}")
+
+
+def _check_fixed(fixed: Iterable[str], modules: dict[str, nn.Module]) -> set[str]:
+    out = set()
+    for name in fixed:
+        if not isinstance(modules.get(name), (nn.Conv2d, nn.Linear)):
+            known = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            raise RsnetError(f"fixed: {name!r} is not an nn.Conv2d / nn.Linear of the model "
+                             f"(e.g. {', '.join(known[:6])})")
+        out.add(name)
+    return out
+
+
+def _check_leaves(leaf_modules: Iterable[str | type],
+                  modules: dict[str, nn.Module]) -> tuple[set[str], tuple[type, ...]]:
+    names, kinds = set(), []
+    for leaf in leaf_modules:
+        if isinstance(leaf, type) and issubclass(leaf, nn.Module):
+            kinds.append(leaf)
+        elif isinstance(leaf, str) and leaf in modules and leaf:
+            names.add(leaf)
+        else:
+            raise RsnetError(f"leaf_modules: {leaf!r} is neither a submodule name of the model "
+                             f"nor an nn.Module class")
+    return names, tuple(kinds)
+
+
+def analyze(model: nn.Module, input_size: int | Sequence[int], fixed: Iterable[str] = (),
+            tie: Iterable[Sequence[int | str]] = (), leaf_modules: Iterable[str | type] = (),
+            in_channels: int = 3) -> ModelGraph:
+    """Derive micro-layers, coupled groups, macro-layers, units and the cost model of a CNN.
+
+    Args:
+        model: any CNN that torch.fx can trace (traced in eval mode; its mode is restored).
+        input_size: image side in pixels (or [height, width]); the cost is for one
+            (1, in_channels, H, W) image, MACs as :func:`rsnet.metrics.count_macs`.
+        fixed: names of nn.Conv2d / nn.Linear layers whose width must not change (the
+            classifier, the last nn.Linear, always is); everything coupled to them is too.
+        tie: lists of macro-layer names or indices that must share one scaling factor
+            (e.g. MobileNet's five 512-channel blocks).
+        leaf_modules: submodule names or nn.Module classes that torch.fx must not trace
+            into. Such a module counts as one layer: a channel passthrough if it has no
+            parameters and keeps its input's channel count, a per-channel layer if it is a
+            norm layer, otherwise a fixed-width layer (inputs fixed, parameters and MACs
+            constant).
+        in_channels: channels of the input image.
+
+    Raises RsnetError for untraceable models (naming the module to pass as a leaf), bad
+    settings, and input sizes the model cannot run at.
+    """
+    h, w = _size(input_size)
+    modules = dict(model.named_modules())
+    fixed_names = _check_fixed(fixed, modules)
+    leaf_names, leaf_types = _check_leaves(leaf_modules, modules)
+    linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+    classifier = linears[-1] if linears else None
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        gm = trace(model, leaf_names, leaf_types)
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, in_channels, h, w, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+        node_macs = propagate(gm, x, f"input_size={input_size}")
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+    cp = ChannelPass(gm, node_macs, fixed_names, classifier)
+    cp.run()
+    return _build(model, gm, cp, node_macs, (h, w), classifier, tie)
+
+
+def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
+           node_macs: dict[Node, int], size: tuple[int, int], classifier: str | None,
+           tie: Iterable[Sequence[int | str]]) -> ModelGraph:
+    tokens = cp.tokens
+    # A pad width coupled to no layer (its add partner was fixed, or there is none) is fixed.
+    for t in range(len(tokens.parent)):
+        r = tokens.find(t)
+        if not tokens.has_layer[r]:
+            tokens.fixed[r] = True
+
+    gid_of: dict[int, int] = {}  # token root -> group id, numbered in execution order
+
+    def gid(token: int) -> int | None:
+        r = tokens.find(token)
+        if tokens.fixed[r]:
+            return None
+        return gid_of.setdefault(r, len(gid_of))
+
+    def form(segs: Segs | None) -> Form:
+        const: int | Fraction = 0
+        coefs: dict[int, int | Fraction] = {}
+        for t, m in segs or ():
+            g = None if t is None else gid(t)
+            if g is None:
+                const += m if t is None else m * tokens.base[tokens.find(t)]
+            else:
+                coefs[g] = coefs.get(g, 0) + m
+        return Form(const, coefs)
+
+    # Micro-layers and their groups.
+    records = {r.name: r for r in cp.micro}
+    group_of: dict[str, int | None] = {}
+    for r in cp.micro:
+        out = cp.norm(r.out_segs) if r.out_segs is not None else None
+        single = out is not None and len(out) == 1 and out[0][0] is not None and out[0][1] == 1
+        group_of[r.name] = gid(out[0][0]) if single else None
+        if out is not None:
+            form(out)  # number the groups in execution order
+
+    def free(name: str) -> bool:
+        return records[name].kind != "depthwise" and group_of[name] is not None
+
+    # Macro-layers from the cut points of the data-flow graph.
+    order = data_flow_order(gm.graph)
+    micro_of = {r.node: r.name for r in cp.micro}
+    cut = cut_points(order)
+    macro_micro, node_macro = assign_macros(spans(order, cut), micro_of, free)
+    macro_of_layer = {name: i for i, names in enumerate(macro_micro) for name in names}
+    all_names = [r.name for r in cp.micro]
+    names = [macro_name(ms, all_names) for ms in macro_micro]
+    for i, n in enumerate(names):
+        if names.count(n) > 1:
+            names[i] = f"{n}#{i}"
+
+    micro = [MicroLayer(r.name, r.kind, r.base_width, r.in_width, macro_of_layer.get(r.name),
+                        group_of[r.name], form(r.in_segs),
+                        form(r.out_segs) if r.out_segs is not None else Form(r.base_width))
+             for r in cp.micro]
+    groups: list[Group] = []
+    roots = sorted(gid_of, key=gid_of.get)
+    for g, r in enumerate(roots):
+        members = [m.name for m in micro if m.group == g]
+        macros = sorted({m.macro for m in micro if m.group == g and m.free and m.macro is not None})
+        groups.append(Group(g, members, tokens.base[r], tokens.multiple[r], macros))
+
+    # Units: macro-layers sharing a group, plus the user's ties.
+    macro_names = {n: i for i, n in enumerate(names)}
+    ties = []
+    for entry in tie:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence):
+            raise RsnetError(f"tie: each entry must be a list of macro-layer names or indices, "
+                             f"got {entry!r}")
+        idx = []
+        for key in entry:
+            if isinstance(key, str) and key in macro_names:
+                idx.append(macro_names[key])
+            elif isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(names):
+                idx.append(key)
+            else:
+                raise RsnetError(f"tie: unknown macro-layer {key!r}; valid: 0..{len(names) - 1} "
+                                 f"or {', '.join(names)}")
+        ties.append(idx)
+    unit_list = units(len(names), [g.macros for g in groups] + ties)
+    unit_of = {i: u for u, members in enumerate(unit_list) for i in members}
+
+    # Cost polynomials, split by macro-layer.
+    zero = Polynomial()
+    per_macro = {"params": [zero] * len(names), "macs": [zero] * len(names)}
+    rest = {"params": zero, "macs": zero}
+
+    def add(measure: str, node: Node | None, poly: Polynomial) -> None:
+        i = node_macro.get(node) if node is not None else None
+        if i is None:
+            rest[measure] = rest[measure] + poly
+        else:
+            per_macro[measure][i] = per_macro[measure][i] + poly
+
+    for term in cp.terms:
+        a = form(term.a) if term.a is not None else Form(1)
+        b = form(term.b) if term.b is not None else None
+        add(term.measure, term.node, Polynomial.product(term.coef, a, b))
+    owner = {}
+    for mod_name, mod in model.named_modules():
+        for p in mod.parameters(recurse=False):
+            owner.setdefault(id(p), mod_name)
+    for p in model.parameters():  # parameters not modelled per channel count as constants
+        if id(p) not in cp.symbolic_params:
+            add("params", cp.first_call.get(owner.get(id(p), "")), Polynomial(p.numel()))
+
+    params = sum(per_macro["params"], rest["params"])
+    macs = sum(per_macro["macs"], rest["macs"])
+
+    # What enters and leaves each macro-layer: the last cut point (a tensor every path
+    # passes) before its first node, and the last cut point among its own nodes.
+    first_pos: dict[int, int] = {}
+    last_cut: dict[int, Node] = {}
+    for pos, node in enumerate(order):
+        i = node_macro.get(node)
+        if i is not None:
+            first_pos.setdefault(i, pos)
+            if cut[pos] and isinstance(cp.desc.get(node), Chan):
+                last_cut[i] = node
+
+    def io_form(node: Node | None) -> tuple[Form, list[int]]:
+        if node is None:
+            return Form(0), []
+        d = cp.desc[node]
+        f = form(d.segs)  # per spatial position: a flattened tensor counts its channels
+        per_position = Form(simplify(Fraction(f.const) / d.spatial),
+                            {g: simplify(Fraction(c) / d.spatial) for g, c in f.coefs.items()})
+        return per_position, sorted(f.coefs)
+
+    base = [g.base_width for g in groups]
+    macro_layers = []
+    for i, n in enumerate(names):
+        before = [node for pos, node in enumerate(order[:first_pos[i]])
+                  if cut[pos] and isinstance(cp.desc.get(node), Chan)]
+        fin, gin = io_form(before[-1] if before else None)
+        fout, gout = io_form(last_cut.get(i))
+        macro_layers.append(MacroLayer(i, n, macro_micro[i], gin, gout, int(fin.value(base)),
+                                       int(fout.value(base)), fin, fout, unit_of[i]))
+
+    constraints = [Constraint(form(p.inner), form(p.outer), p.where) for p in cp.pads
+                   if form(p.outer).coefs]
+    graph = ModelGraph(type(model).__name__, size, micro, groups, macro_layers, unit_list,
+                       classifier, constraints, params, macs, per_macro["params"],
+                       per_macro["macs"], rest["params"], rest["macs"])
+
+    # Self-check against the real counts at baseline: a mismatch is a bug in this module.
+    expected = (sum(p.numel() for p in model.parameters()), sum(node_macs.values()))
+    if graph.cost() != expected or len(gid_of) != len(groups):
+        raise RuntimeError(f"graph analysis of {type(model).__name__} is inconsistent: "
+                           f"cost model {graph.cost()} vs counted {expected} (a bug in rsnet.graph)")
+    return graph
