@@ -123,6 +123,8 @@ def solve(problem: ChainProblem, budget: float, fill: float = 0.01, max_changes:
                    *(int(units[j, i]) for j in reversed(range(U))), -c[i])
             if best_key is None or key < best_key:
                 best_key, best = key, (units[:, i].tolist(), float(c[i]))
+        if best_key is not None and best_key[0] == -1:
+            break  # a plan in the window with this few changes beats any with more
     if best is None:
         raise RsnetError("no width plan fits the budget")  # callers check the minimum first
     return best

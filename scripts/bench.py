@@ -1,6 +1,11 @@
 """Speed benchmarks; writes JSON and prints a markdown table.
 
     python scripts/bench.py train [--models resnet20 resnet56] [--steps 40] [--out FILE]
+    python scripts/bench.py plan
+
+``plan``: time of the graph analysis and of the rs solver, and the rs plans themselves, for
+the thesis's GoogLeNet (227 px, C = 1000, BN without scale) and the 64 px GoogLeNet and
+MobileNet (C = 200), lambda 0.045 and 0.25, N = 5, 10, 15, 20.
 
 ``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and for fp32 and
 bf16 + channels_last:
@@ -169,6 +174,53 @@ def bench_train(args) -> dict:
     return out
 
 
+THESIS_N5 = [5.0] * 8 + [4.0] * 4  # method.md section 4
+
+
+def bench_plan(args) -> dict:
+    """Planning time and the rs plans: the thesis setting and the CPU-scale (64 px) one."""
+    from rsnet.budget import make_budget
+    from rsnet.graph import analyze
+    from rsnet.metrics import count_macs, count_params
+    from rsnet.scaling import ResourceScalable, Scaler, WidthRule
+
+    settings = [("googlenet_rs", 227, 1000, False), ("googlenet_rs", 64, 200, True),
+                ("mobilenet_v1", 64, 200, True)]
+    rows = []
+    for name, size, classes, bn_scale in settings:
+        over = [f"model={name}", f"model.input_size={size}"]
+        if name == "googlenet_rs":
+            over.append(f"model.arch.bn_scale={str(bn_scale).lower()}")
+        mcfg = OmegaConf.merge(compose_cfg(*over).model, {"checkpoint": None})
+        baseline = build_model(mcfg, classes)
+        base = {"params": count_params(baseline), "macs": count_macs(baseline, size)}
+        for lam in (0.045, 0.25):
+            for n in (5, 10, 15, 20):
+                t0 = time.perf_counter()
+                graph = analyze(build_model(mcfg, n), size)
+                t1 = time.perf_counter()
+                budget = make_budget("thesis", "params", base["params"], n, classes, lam)
+                plan = ResourceScalable().make(Scaler(graph, WidthRule()), budget, base)
+                t2 = time.perf_counter()
+                rows.append({"model": name, "input": size, "C": classes, "bn_scale": bn_scale,
+                             "lambda": lam, "N": n, "factors": [m.factor for m in plan.macro],
+                             "params": plan.predicted["params"], "macs": plan.predicted["macs"],
+                             "budget": budget.value, "used": plan.predicted["params"] / budget.value,
+                             "analyze_s": t1 - t0, "solve_s": t2 - t1})
+                print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows}
+
+
+def plan_markdown(result: dict) -> str:
+    lines = ["| model | px | C | lambda | N | factors per macro-layer | params | budget used | "
+             "analyse + solve (s) |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['input']} | {r['C']} | {r['lambda']} | {r['N']} | "
+                     f"{' '.join(f'{f:g}' for f in r['factors'])} | {r['params']:,} | "
+                     f"{r['used']:.2%} | {r['analyze_s']:.2f} + {r['solve_s']:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     lines = ["| model | mode | rsnet img/s | bare step img/s | reference img/s | rsnet/bare | "
              "rsnet/reference | bf16 speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -186,22 +238,23 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["train"], nargs="?", default="train")
+    p.add_argument("section", choices=["train", "plan"], nargs="?", default="train")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best is kept")
     p.add_argument("--no-accuracy", dest="accuracy", action="store_false")
-    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "train.json")
+    p.add_argument("--out", type=Path, default=None, help="default outputs/bench/<section>.json")
     args = p.parse_args()
     result = {"section": args.section, "machine": {"cpu_threads": torch.get_num_threads(),
               "platform": platform.platform(), "torch": torch.__version__,
               "processor": platform.processor()}, "args": {k: str(v) for k, v in vars(args).items()}}
-    result.update(bench_train(args))
+    result.update(bench_train(args) if args.section == "train" else bench_plan(args))
+    args.out = args.out or REPO / "outputs" / "bench" / f"{args.section}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    print(markdown(result) if args.section == "train" else plan_markdown(result))
     print(f"\nwritten {args.out}")
 
 

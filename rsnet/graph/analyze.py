@@ -10,7 +10,8 @@ from torch import nn
 from torch.fx import Node
 
 from rsnet.errors import RsnetError
-from rsnet.graph.channels import Chan, ChannelPass, Segs, simplify
+from rsnet.graph.channels import ChannelPass
+from rsnet.graph.segments import Chan, Segs, simplify
 from rsnet.graph.structure import (assign_macros, cut_points, data_flow_order, macro_name,
                                    spans, units)
 from rsnet.graph.trace import propagate, trace
@@ -253,5 +254,6 @@ def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
     expected = (sum(p.numel() for p in model.parameters()), sum(node_macs.values()))
     if graph.cost() != expected or len(gid_of) != len(groups):
         raise RuntimeError(f"graph analysis of {type(model).__name__} is inconsistent: "
-                           f"cost model {graph.cost()} vs counted {expected} (a bug in rsnet.graph)")
+                           f"cost model {graph.cost()} vs counted {expected} "
+                           f"(a bug in rsnet.graph)")
     return graph

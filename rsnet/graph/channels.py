@@ -1,19 +1,10 @@
 """Channel propagation: which coupled groups each tensor's channels come from.
 
-Every conv / linear output starts a *token*, a union-find element standing for one width.
-Walking the fx graph in order, each tensor gets a descriptor of its dim-1 channels:
-
-- :class:`Chan`: an ordered list of segments ``(token, multiplier)`` (that many times the
-  token's width) or ``(None, n)`` (n channels of fixed width). A concatenation lists its
-  inputs' segments; flattening ``(C, H, W)`` multiplies each multiplier by ``H * W``.
-- :class:`Split`: dims 1 and 2 hold a channel dim cut into ``groups`` equal pieces (the
-  ``view`` of a channel shuffle), in group-major or channel-major order.
-
-Operations that need equal widths (add, mul, ...) *unify* their operands' tokens;
-operations that cannot be expressed *fix* the tokens involved (their width becomes
-constant), so the analysis may lose freedom but never produces a wrong width. Along the
-way the pass records the cost terms (parameters, MACs) as products of segment lists, and
-the micro-layers.
+:class:`ChannelPass` walks the shape-propagated fx graph in order and gives every tensor a
+descriptor (:mod:`rsnet.graph.segments`). Operations that need equal widths (add, mul,
+...) unify their operands' tokens; operations it cannot express fix the tokens involved.
+Along the way it records the micro-layers and the cost terms (parameters, MACs) as
+products of segment lists, resolved into polynomials of group widths at the end.
 """
 
 from __future__ import annotations
@@ -21,94 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata
 
-__all__ = ["Tokens", "Chan", "Split", "MicroRecord", "Term", "PadRecord", "ChannelPass"]
+from rsnet.graph.segments import Chan, Coupling, Desc, Segs, Split, simplify
 
-Seg = tuple[Union[int, None], Union[int, Fraction]]
-Segs = tuple[Seg, ...]
-
-
-def simplify(x: int | Fraction) -> int | Fraction:
-    """Fractions with denominator 1 become ints (cheaper arithmetic, readable output)."""
-    return int(x) if Fraction(x).denominator == 1 else Fraction(x)
-
-
-class Tokens:
-    """Union-find over widths. A root knows its baseline width and whether it is fixed."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.base: list[int] = []
-        self.fixed: list[bool] = []
-        self.multiple: list[int] = []
-        self.has_layer: list[bool] = []  # False for tokens that stand for a pad output only
-        self.origin: list[str] = []
-
-    def new(self, base: int, origin: str, fixed: bool = False, layer: bool = True) -> int:
-        self.parent.append(len(self.parent))
-        self.base.append(int(base))
-        self.fixed.append(fixed)
-        self.multiple.append(1)
-        self.has_layer.append(layer)
-        self.origin.append(origin)
-        return len(self.parent) - 1
-
-    def find(self, t: int) -> int:
-        while self.parent[t] != t:
-            self.parent[t] = self.parent[self.parent[t]]
-            t = self.parent[t]
-        return t
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.base[ra] != self.base[rb]:  # callers check compatibility first
-            raise AssertionError(f"coupling tokens of widths {self.base[ra]} and {self.base[rb]}")
-        self.parent[rb] = ra
-        self.fixed[ra] = self.fixed[ra] or self.fixed[rb]
-        self.multiple[ra] = math.lcm(self.multiple[ra], self.multiple[rb])
-        self.has_layer[ra] = self.has_layer[ra] or self.has_layer[rb]
-
-    def fix(self, t: int) -> None:
-        self.fixed[self.find(t)] = True
-
-    def need_multiple(self, t: int, k: int) -> None:
-        """The width of ``t`` must be a multiple of ``k`` (fixed if baseline is not)."""
-        r = self.find(t)
-        if self.base[r] % k:
-            self.fixed[r] = True
-        else:
-            self.multiple[r] = math.lcm(self.multiple[r], k)
-
-
-@dataclass(frozen=True)
-class Chan:
-    """Channels of dim 1 as segments; ``spatial`` > 1 after flattening H*W positions into it."""
-
-    segs: Segs
-    spatial: int = 1
-
-
-@dataclass(frozen=True)
-class Split:
-    """dims 1, 2 hold a channel dim cut in ``groups`` equal pieces, each ``piece``.
-
-    channel_major False: shape (B, groups, C/groups, ...); True: (B, C/groups, groups, ...).
-    """
-
-    piece: Segs
-    groups: int
-    channel_major: bool
-
-
-Desc = Union[Chan, Split, tuple, None]
+__all__ = ["MicroRecord", "Term", "PadRecord", "ChannelPass"]
 
 
 @dataclass
@@ -174,7 +87,7 @@ def _arg(node: Node, index: int, key: str, default: Any = None) -> Any:
     return node.kwargs.get(key, default)
 
 
-class ChannelPass:
+class ChannelPass(Coupling):
     """Walks a shape-propagated GraphModule; see the module docstring.
 
     Results: ``tokens``, ``desc`` (node -> descriptor), ``micro`` (records in execution
@@ -184,12 +97,12 @@ class ChannelPass:
 
     def __init__(self, gm: GraphModule, node_macs: dict[Node, int], fixed: set[str],
                  classifier: str | None) -> None:
+        super().__init__()
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.node_macs = node_macs
         self.fixed_names = fixed
         self.classifier = classifier
-        self.tokens = Tokens()
         self.desc: dict[Node, Desc] = {}
         self.micro: list[MicroRecord] = []
         self.terms: list[Term] = []
@@ -199,100 +112,6 @@ class ChannelPass:
         self.first_call: dict[str, Node] = {}
         self._module_inputs: dict[str, Segs] = {}
         self._records: dict[str, MicroRecord] = {}
-
-    # -- segment helpers ----------------------------------------------------------------
-
-    def norm(self, segs: Segs) -> Segs:
-        """Segments with current roots, adjacent equal roots (or constants) merged."""
-        out: list[list] = []
-        for t, m in segs:
-            if m == 0:
-                continue
-            r = None if t is None else self.tokens.find(t)
-            if out and out[-1][0] == r:
-                out[-1][1] += m
-            else:
-                out.append([r, m])
-        return tuple((r, simplify(m)) for r, m in out)
-
-    def seg_width(self, seg: Seg) -> int | Fraction:
-        t, m = seg
-        return m if t is None else m * self.tokens.base[self.tokens.find(t)]
-
-    def width(self, segs: Segs) -> int:
-        return int(sum(self.seg_width(s) for s in segs))
-
-    def fix_segs(self, segs: Segs) -> None:
-        for t, _ in segs:
-            if t is not None:
-                self.tokens.fix(t)
-
-    def fix_desc(self, d: Desc) -> None:
-        if isinstance(d, Chan):
-            self.fix_segs(d.segs)
-        elif isinstance(d, Split):
-            self.fix_segs(d.piece)
-        elif isinstance(d, tuple):
-            for x in d:
-                self.fix_desc(x)
-
-    def _compatible(self, a: Segs, b: Segs) -> bool:
-        a, b = self.norm(a), self.norm(b)
-        if len(a) != len(b):
-            return False
-        for (ta, ma), (tb, mb) in zip(a, b):
-            if (ta is None) != (tb is None) or ma != mb:
-                return False
-            if ta is not None and self.tokens.base[ta] != self.tokens.base[tb]:
-                return False
-        return True
-
-    def unify(self, seg_lists: list[Segs]) -> bool:
-        """Make the segment lists equal by coupling tokens; False (all fixed) if impossible."""
-        first = self.norm(seg_lists[0])
-        if all(self._compatible(first, s) for s in seg_lists[1:]):
-            for s in seg_lists[1:]:
-                for (ta, _), (tb, _) in zip(first, self.norm(s)):
-                    if ta is not None:
-                        self.tokens.union(ta, tb)
-            return True
-        for s in seg_lists:
-            self.fix_segs(s)
-        return False
-
-    def split_equal(self, segs: Segs, n: int) -> list[Segs] | None:
-        """Cut ``segs`` into ``n`` equal parts that stay equal at any widths, or None.
-
-        Corresponding segments of the parts are coupled (a chunk boundary inside one
-        token's channels makes that token a multiple of the part count); on failure every
-        token is fixed.
-        """
-        segs = self.norm(segs)
-        total = self.width(segs)
-        if n < 1 or total % n:
-            self.fix_segs(segs)
-            return None
-        size = total // n
-        parts: list[list[Seg]] = [[]]
-        room = size
-        for t, m in segs:
-            left = self.seg_width((t, m))
-            while left > 0:
-                take = min(left, room)
-                base = 1 if t is None else self.tokens.base[t]
-                parts[-1].append((t, simplify(Fraction(take) / base) if t is not None else take))
-                left -= take
-                room -= take
-                if room == 0 and len(parts) < n:
-                    parts.append([])
-                    room = size
-        pieces = [tuple(p) for p in parts]
-        if not self.unify(pieces):
-            return None
-        for t, m in pieces[0]:
-            if t is not None and Fraction(m).denominator > 1:
-                self.tokens.need_multiple(t, Fraction(m).denominator)
-        return [self.norm(p) for p in pieces]
 
     # -- descriptors --------------------------------------------------------------------
 
@@ -419,7 +238,8 @@ class ChannelPass:
     def unify_descs(self, node: Node, descs: list[Desc]) -> Desc:
         first = descs[0]
         if all(isinstance(d, Chan) for d in descs):
-            if all(d.spatial == first.spatial for d in descs) and self.unify([d.segs for d in descs]):
+            same_spatial = all(d.spatial == first.spatial for d in descs)
+            if same_spatial and self.unify([d.segs for d in descs]):
                 return Chan(self.norm(first.segs), first.spatial)
         elif all(isinstance(d, Split) and (d.groups, d.channel_major)
                  == (first.groups, first.channel_major) for d in descs):
@@ -657,8 +477,9 @@ class ChannelPass:
         """A norm layer whose parameters are all one value per channel of dim 1."""
         if not isinstance(d, Chan) or i_shape is None or o_shape != i_shape or len(i_shape) < 2:
             return False
-        ok_type = isinstance(m, _CHANNELWISE) or (isinstance(m, nn.PReLU) and m.num_parameters > 1) \
-            or (isinstance(m, nn.LayerNorm) and len(i_shape) == 2)
+        ok_type = (isinstance(m, _CHANNELWISE)
+                   or (isinstance(m, nn.PReLU) and m.num_parameters > 1)
+                   or (isinstance(m, nn.LayerNorm) and len(i_shape) == 2))
         params = list(m.parameters())
         return ok_type and all(p.dim() == 1 and p.numel() == i_shape[1] for p in params)
 

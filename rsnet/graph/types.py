@@ -130,7 +130,8 @@ class Polynomial:
         return out
 
     def __repr__(self) -> str:
-        return f"Polynomial(const={self.const}, {len(self.lin)} linear, {len(self.bil)} bilinear terms)"
+        return (f"Polynomial(const={self.const}, {len(self.lin)} linear, "
+                f"{len(self.bil)} bilinear terms)")
 
 
 @dataclass
@@ -224,8 +225,9 @@ class ModelGraph:
     """What :func:`rsnet.graph.analyze` derives from a model.
 
     micro: micro-layers in execution order; groups: coupled groups (id = index);
-    macros: macro-layers in order; units: lists of macro indices that must share one
-    scaling factor (shared groups and user ties), ordered by first index; classifier: the
+    macros: macro-layers in order; units: sorted lists of macro indices that must share one
+    scaling factor (shared groups and user ties), ordered by first index (runs of adjacent
+    macro-layers for every coupling seen so far; a tie may join distant ones); classifier: the
     last nn.Linear (or None); constraints: pad rules (see :class:`Constraint`).
     params / macs: the exact cost polynomials of the whole model (parameters; conv +
     linear MACs for one image at ``input_size``, as :func:`rsnet.metrics.count_macs`);
