@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
+from torchvision.models import mobilenetv3, resnet
 from torchvision.models.shufflenetv2 import ShuffleNetV2
 
 from rsnet.errors import RsnetError
@@ -166,7 +167,7 @@ def test_torchvision_resnet18_groups():
     assert g.units == [[0, 1, 2], [3, 4], [5, 6], [7, 8]]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # builds 133 M parameters: about 2.5 s
 def test_torchvision_vgg11_bn():
     g = analyze(torchvision_model("vgg11_bn", num_classes=10), 32)
     assert len(g.macros) == 10 and g.macros[-1].name == "classifier.3"
@@ -184,6 +185,25 @@ def test_shufflenet_channel_shuffle_is_sound():
     assert g.units[1] == [1, 2]
     for outs in ([16, 40, 88, 200, 128], [8, 20, 30, 34, 64]):
         assert_cost_matches(g, ShuffleNetV2([2, 2, 2], outs, num_classes=10), 32)
+
+
+def test_grouped_convs_and_squeeze_excitation_costs_are_exact():
+    """ResNeXt (grouped convs: widths stay multiples of the group count) and MobileNetV3
+    (squeeze-excitation: x * scale couples the SE output conv with the block's width)."""
+    base = resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=4,
+                         num_classes=10)
+    g = analyze(base, 32)
+    assert g.groups[g.group_of("layer1.0.conv2")].multiple_of == 8
+    variant = resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=2,
+                            num_classes=10)
+    assert_cost_matches(g, variant, 32)
+
+    conf, last = mobilenetv3._mobilenet_v3_conf("mobilenet_v3_small")
+    g = analyze(mobilenetv3.MobileNetV3(conf, last, num_classes=10), 64)
+    se = "features.4.block.2.fc2"  # the SE output of the first block with SE and expansion
+    assert g.group_of(se) == g.group_of("features.4.block.0.0")
+    conf, _ = mobilenetv3._mobilenet_v3_conf("mobilenet_v3_small", width_mult=0.5)
+    assert_cost_matches(g, mobilenetv3.MobileNetV3(conf, last, num_classes=10), 64)
 
 
 # -- the cost model ------------------------------------------------------------------------

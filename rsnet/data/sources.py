@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tarfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ def _walk_files(path: Path, desc: str) -> Iterator[tuple[str, bytes]]:
                 if m.isfile():
                     name = m.name.split("/", 1)[1] if "/" in m.name else m.name
                     yield name, tf.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, TypeError, zlib.error) as e:  # all seen on corrupt gz
         raise RsnetError(f"cannot read archive {path} ({e}): it is corrupt or incomplete; "
                          f"replace it or point dataset.root elsewhere") from e
 
