@@ -48,6 +48,17 @@ def compose_cfg(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+# The thesis's N = 5 GoogLeNet (method.md section 4).
+THESIS_WIDTHS = {  # widths of the thesis's N = 5 plan
+    "conv1": 13, "conv2_reduce": 13, "conv2": 38,
+    "inception3a": [13, 19, 3, 26, 6, 6], "inception3b": [26, 26, 6, 38, 19, 13],
+    "inception4a": [38, 19, 3, 42, 10, 13], "inception4b": [32, 22, 5, 45, 13, 13],
+    "inception4c": [26, 26, 5, 51, 13, 13], "inception4d": [28, 36, 8, 72, 16, 16],
+    "inception4e": [64, 40, 8, 80, 32, 32], "inception5a": [64, 40, 8, 80, 32, 32],
+    "inception5b": [96, 48, 12, 96, 32, 32],
+}
+
+
 # A tiny, fast configuration: synthetic 16 px images, a ResNet-8 with widths 4/8/16.
 TINY = ["dataset=synthetic", "dataset.source.size=16", "model=resnet_cifar", "model.arch.depth=8",
         "model.arch.stage_widths=[4,8,16]", "model.input_size=16", "train.batch_size=32",

@@ -198,3 +198,14 @@ def test_tiny_imagenet_loads(data_dir):
     data = build_data(cfg)
     assert len(data.base_class_names) == 200 and data.test.images.shape[1:] == (3, 64, 64)
     assert (data.test.targets != 0).sum() == 9 * 50  # 9 in-scope classes x 50 val images
+
+
+def test_a_corrupt_image_in_a_folder_names_the_file(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "f" / split / "a").mkdir(parents=True)
+        (tmp_path / "f" / split / "a" / "0.jpg").write_bytes(_jpeg((1, 2, 3)))
+    (tmp_path / "f" / "val" / "a" / "1.jpg").write_bytes(b"no image here")
+    cfg = synthetic_cfg({"_target_": "rsnet.data.sources.ImageFolderSource", "path": "f"},
+                        root=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(RsnetError, match="1.jpg"):
+        build_data(cfg)

@@ -25,15 +25,8 @@ from rsnet.models.resnet_cifar import resnet_cifar
 from rsnet.models.torchvision_models import torchvision_model
 from rsnet.models.vgg import DEFAULT_WIDTHS, vgg16
 
-# The thesis's N = 5 GoogLeNet (method.md section 4).
-THESIS_WIDTHS = {
-    "conv1": 13, "conv2_reduce": 13, "conv2": 38,
-    "inception3a": [13, 19, 3, 26, 6, 6], "inception3b": [26, 26, 6, 38, 19, 13],
-    "inception4a": [38, 19, 3, 42, 10, 13], "inception4b": [32, 22, 5, 45, 13, 13],
-    "inception4c": [26, 26, 5, 51, 13, 13], "inception4d": [28, 36, 8, 72, 16, 16],
-    "inception4e": [64, 40, 8, 80, 32, 32], "inception5a": [64, 40, 8, 80, 32, 32],
-    "inception5b": [96, 48, 12, 96, 32, 32],
-}
+from conftest import THESIS_WIDTHS
+
 INCEPTIONS = ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
 
 

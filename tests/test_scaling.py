@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import THESIS_WIDTHS
 from rsnet.budget import make_budget
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
@@ -17,13 +18,6 @@ from rsnet.models.widths import BUILDERS
 
 # method.md section 4: GoogLeNet, N = 5, lambda = 0.045
 THESIS_FACTORS_N5 = [5] * 8 + [4] * 4
-THESIS_WIDTHS_N5 = {
-    "conv1": 13, "conv2_reduce": 13, "conv2": 38,
-    "inception3a": [13, 19, 3, 26, 6, 6], "inception3b": [26, 26, 6, 38, 19, 13],
-    "inception4a": [38, 19, 3, 42, 10, 13], "inception4b": [32, 22, 5, 45, 13, 13],
-    "inception4c": [26, 26, 5, 51, 13, 13], "inception4d": [28, 36, 8, 72, 16, 16],
-    "inception4e": [64, 40, 8, 80, 32, 32], "inception5a": [64, 40, 8, 80, 32, 32],
-    "inception5b": [96, 48, 12, 96, 32, 32]}
 
 
 def googlenet_setup(num_outputs=5, input_size=227, bn_scale=False):
@@ -64,7 +58,7 @@ def test_thesis_factors_give_the_thesis_widths_and_parameter_count():
     scaler = Scaler(graph, WidthRule())
     plan = GivenFactors(THESIS_FACTORS_N5).make(scaler, None, base)
     kwargs = BUILDERS["rsnet.models.googlenet_rs.googlenet_rs"](plan.widths(), model)["widths"]
-    assert kwargs == THESIS_WIDTHS_N5
+    assert kwargs == THESIS_WIDTHS
     assert plan.predicted["params"] == 331_732  # as counted by the thesis (BN without scale)
     net = built(plan, 5, 227, False)
     assert count_params(net) == plan.predicted["params"]

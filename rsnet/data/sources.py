@@ -71,6 +71,13 @@ def decode_image(data: bytes | Path, image_size: int | None) -> np.ndarray:
     return np.asarray(img).transpose(2, 0, 1)
 
 
+def _decode_file(path: Path, image_size: int | None) -> np.ndarray:
+    try:
+        return decode_image(path, image_size)
+    except (OSError, ValueError) as e:
+        raise RsnetError(f"cannot decode image {path} ({e}); remove or replace it") from e
+
+
 def _stack(items: list[tuple[str, int, np.ndarray]]) -> RawSplit:
     """Stack (sort_key, label, image) items in sorted key order (so file order never matters)."""
     if not items:
@@ -252,7 +259,7 @@ class ImageFolderSource:
         for d in dirs:
             files = sorted(p for c in class_names if (d / c).is_dir() for p in (d / c).iterdir()
                            if p.suffix.lower() in IMAGE_SUFFIXES)
-            items = [(p.relative_to(d).as_posix(), index[p.parent.name], decode_image(p, image_size))
+            items = [(p.relative_to(d).as_posix(), index[p.parent.name], _decode_file(p, image_size))
                      for p in bar(files, desc=f"decoding {d}", unit="img")]
             splits.append(_stack(items))
         return RawDataset(*splits, class_names)
