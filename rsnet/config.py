@@ -95,6 +95,8 @@ class ScalingConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     widths: WidthRuleConfig = field(default_factory=WidthRuleConfig)
     tie: List[List[str]] = field(default_factory=list)  # macro-layer names that share one factor
+    fixed: List[str] = field(default_factory=list)  # conv / linear names whose width must not change
+    leaf_modules: List[str] = field(default_factory=list)  # modules torch.fx must not trace into
     bottleneck: bool = True  # keep the baseline's order of consecutive macro-layer output widths
 
 

@@ -110,7 +110,8 @@ def stage_plan(cfg: DictConfig, baseline: torch.nn.Module, data: DataBundle, run
     t0 = time.perf_counter()
     sc = cfg.scaling
     arch = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), data.num_outputs)
-    graph = analyze(arch, cfg.model.input_size, tie=[list(t) for t in sc.tie])
+    graph = analyze(arch, cfg.model.input_size, fixed=list(sc.fixed), tie=[list(t) for t in sc.tie],
+                    leaf_modules=list(sc.leaf_modules))
     atomic_write_json(run_dir / "groups.json", describe_graph(graph))
     base_cost = {"params": count_params(baseline), "macs": count_macs(baseline, cfg.model.input_size)}
     num_base = sc.budget.num_base_classes or len(data.base_class_names)

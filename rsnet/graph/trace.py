@@ -67,7 +67,7 @@ def trace(model: nn.Module, leaf_names: Iterable[str] = (),
             kind = type(model.get_submodule(where)).__name__
             raise RsnetError(
                 f"torch.fx cannot trace {type(model).__name__}: module '{where}' ({kind}) "
-                f"failed ({reason}). Pass leaf_modules=['{where}'] to the graph analysis to "
+                f"failed ({reason}). Pass leaf_modules=['{where}'] (scaling.leaf_modules) to "
                 f"treat it as one opaque layer (a channel passthrough if it has no parameters "
                 f"and keeps its input's channels, otherwise a fixed-width layer)") from err
         raise RsnetError(
