@@ -56,6 +56,13 @@ class ModelConfig:
 
 
 @dataclass
+class DistillConfig:
+    enabled: bool = False  # Hinton's loss against the unpruned, trained baseline (model.checkpoint)
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the distillation term; 1 - alpha weights the hard labels
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
@@ -71,6 +78,7 @@ class TrainConfig:
     aux_weight: float = 0.3  # weight of an auxiliary head's loss (GoogLeNet)
     select_on: str = "val/acc"  # validation metric for best-epoch selection (higher is better)
     latency_runs: int = 50  # timed runs for the CPU latency measurement (0 skips it)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -101,6 +109,32 @@ class ScalingConfig:
 
 
 @dataclass
+class SparsityConfig:
+    """Gradual magnitude pruning with a polynomial-decay schedule (Zhu & Gupta; TF-MOT)."""
+
+    enabled: bool = False
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.5
+    begin_epoch: float = 0.0  # schedule start, in epochs of the training stage
+    end_epoch: float = 1.0  # schedule end (the last epochs fine-tune with the final masks)
+    frequency: int = 100  # optimizer steps between mask updates
+    power: float = 3.0
+    scope: str = "layer"  # layer: each layer to the target; global: one ranking of all weights
+    prune_classifier: bool = True
+
+
+@dataclass
+class CompressionConfig:
+    name: str = "none"  # none | prune (carve the plan out of the trained baseline) | magnitude
+    criterion: str = "l1"  # filter importance for prune: l1 l2 bn_scale taylor hrank apoz mean_activation fisher random
+    init: str = "inherit"  # inherit the surviving filters' weights, or "scratch": re-initialise them
+    steps: int = 1  # reach the plan in this many pruning steps ...
+    step_epochs: int = 1  # ... with this many fine-tuning epochs between them
+    calib_images: int = 256  # seeded training images for data-driven criteria
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+
+
+@dataclass
 class RunConfig:
     name: str = "default"  # experiment name; part of the run directory
     seed: int = 0
@@ -111,7 +145,7 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    compression: Any = None
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     export: Any = None
 
 

@@ -1,4 +1,5 @@
-"""Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
+"""Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
+Network").
 
 The student is trained on
 
@@ -87,7 +88,7 @@ def subset_teacher_logits(teacher_logits: torch.Tensor, subset: ClassSubset) -> 
 
 
 class DistillationLoss(nn.Module):
-    """The training criterion with a frozen teacher: ``loss = crit(student_logits, targets, inputs)``.
+    """Criterion with a frozen teacher: ``loss = crit(student_logits, targets, inputs)``.
 
     The teacher runs on ``inputs`` (the student's batch, already on its device) in eval mode
     under ``torch.no_grad()``; inside the training loop's ``torch.autocast`` it runs under
@@ -147,4 +148,5 @@ class DistillationLoss(nn.Module):
                        self.temperature, self.alpha)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, alpha={self.alpha}, subset={self.subset is not None}"
+        return (f"temperature={self.temperature}, alpha={self.alpha}, "
+                f"subset={self.subset is not None}")

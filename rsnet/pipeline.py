@@ -9,6 +9,7 @@ unless ``overwrite=true``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rsnet import progress, report
 from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.data import DataBundle, build_data
+from rsnet.distill import DistillationLoss
 from rsnet.errors import RsnetError
 from rsnet.metrics import baseline_scope_metrics, count_macs, count_params, measure_latency
 from rsnet.budget import make_budget
@@ -32,6 +34,7 @@ from rsnet.models import build_model, subset_head
 from rsnet.models.widths import build_at_widths
 from rsnet.plan import WidthPlan
 from rsnet.scaling import Scaler, WidthRule
+from rsnet.sparsity import MagnitudePruner, sparsity_report
 from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
 from rsnet.utils import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint_file
 
@@ -151,8 +154,17 @@ def plan_metrics(plan: WidthPlan) -> dict:
     return out
 
 
+def magnitude_pruner(cfg: DictConfig, model: torch.nn.Module, data: DataBundle) -> MagnitudePruner:
+    """Gradual magnitude pruning on the training stage's step counter (epochs -> steps)."""
+    sp = cfg.compression.sparsity
+    steps_per_epoch = max(1, len(data.train) // cfg.train.batch_size)
+    return MagnitudePruner(model, sp.initial_sparsity, sp.final_sparsity,
+                           int(sp.begin_epoch * steps_per_epoch), int(sp.end_epoch * steps_per_epoch),
+                           sp.frequency, sp.power, sp.scope, sp.prune_classifier)
+
+
 def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path,
-                plan: WidthPlan | None = None):
+                plan: WidthPlan | None = None, teacher: torch.nn.Module | None = None):
     """Fit the (N-way) model; the selected weights go to checkpoints/model.pt.
 
     With a plan, the model is the scaled network built at the plan's widths from scratch
@@ -173,7 +185,16 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
         log.info("stage artifact %s exists: skipping training", final)
         model.load_state_dict(load_checkpoint_file(final, "trained model")["state_dict"])
         return model, json.loads((run_dir / "history.json").read_text())
-    history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed)
+    hooks = [magnitude_pruner(cfg, model, data)] if cfg.compression.sparsity.enabled else []
+    distill = None
+    if cfg.train.distill.enabled:
+        if teacher is None:
+            raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "
+                             "set model.checkpoint")
+        d = cfg.train.distill
+        distill = DistillationLoss(rt.prepare(teacher), d.temperature, d.alpha, data.subset)
+    history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, distill=distill,
+                  hooks=hooks)
     atomic_write_json(run_dir / "history.json", history)
     atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
                        "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
@@ -185,6 +206,10 @@ def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
         logits = predict(model, data.test, data, rt, cfg.train.eval_batch_size, "test")
         out = {f"test/{k}": v for k, v in split_metrics(logits, data.test, data.misc_label).items()}
         out.update(_cost(model, cfg.model.input_size, "model"))
+        if cfg.compression.sparsity.enabled:
+            report_ = sparsity_report(model)
+            out.update({k: v for k, v in report_.items() if "/layer/" not in k})
+            atomic_write_json(run_dir / "sparsity.json", report_)
         if cfg.train.latency_runs > 0:
             out["latency/torch_fp32_b1_ms"] = measure_latency(
                 model, cfg.model.input_size, runs=cfg.train.latency_runs)
@@ -232,7 +257,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if last == STAGES.index("plan"):
         return metrics
 
-    model, history = stage_train(cfg, model, data, rt, run_dir, plan)
+    teacher = copy.deepcopy(model) if cfg.train.distill.enabled and cfg.model.checkpoint else None
+    model, history = stage_train(cfg, model, data, rt, run_dir, plan, teacher)
     metrics.update(report.history_metrics(history, cfg.train.select_on))
     if last == STAGES.index("train"):
         return metrics

@@ -1,4 +1,5 @@
-"""Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune"; TF-MOT PolynomialDecay).
+"""Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune"; TF-MOT's
+PolynomialDecay).
 
 The weights of every ``nn.Conv2d`` and ``nn.Linear`` (not biases, not BatchNorm) are pruned by
 magnitude with binary masks while the model trains. The sparsity follows the polynomial-decay
@@ -32,7 +33,7 @@ SCOPES = ("layer", "global")
 
 def _check_schedule(initial_sparsity: float, final_sparsity: float, begin_step: int,
                     end_step: int, power: float) -> None:
-    """Raise RsnetError, naming the ``compression.sparsity.*`` setting, for an impossible schedule."""
+    """Raise RsnetError naming the ``compression.sparsity.*`` setting of an impossible schedule."""
     key = "compression.sparsity"
     if not 0.0 <= initial_sparsity < 1.0:
         raise RsnetError(f"{key}.initial_sparsity={initial_sparsity} must be in [0, 1)")
@@ -219,7 +220,10 @@ class MagnitudePruner:
     # --- masks --------------------------------------------------------------------------
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
-        """Recompute the masks for ``sparsity`` from the current |w| (masks only grow), apply them."""
+        """Recompute the masks for ``sparsity`` from the current |w| and apply them.
+
+        Masks only grow: a weight pruned before stays pruned, even if ``sparsity`` is lower.
+        """
         weights = {n: m.weight.detach() for n, m in self.layers.items()}
         # Already-pruned weights score -1 (below any |w| >= 0) so they are chosen first.
         scores = {}
@@ -238,7 +242,8 @@ class MagnitudePruner:
             flat = torch.cat([s.to(device) for s in scores.values()])
             n_prune = max(round(flat.numel() * sparsity), sum(already.values()))
             keep = _stable_prune_mask(flat, n_prune)
-            for (n, w), part in zip(weights.items(), keep.split([s.numel() for s in scores.values()])):
+            sizes = [s.numel() for s in scores.values()]
+            for (n, w), part in zip(weights.items(), keep.split(sizes)):
                 self.masks[n] = part.to(w.device).view(w.shape)
         self.sparsity = float(sparsity)
         self.apply()

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from hydra.utils import instantiate
@@ -24,6 +25,7 @@ from torch import nn
 from rsnet.config import TrainConfig
 from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader, Split
+from rsnet.distill import DistillationLoss
 from rsnet.errors import RsnetError
 from rsnet.progress import bar
 from rsnet.metrics import scope_metrics, topk_accuracy
@@ -104,17 +106,32 @@ def split_metrics(logits: torch.Tensor, split: Split, misc_label: int | None) ->
     return m
 
 
-def _loss(criterion: nn.Module, output, y: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    if isinstance(output, (tuple, list)):  # main + auxiliary heads (GoogLeNet in train mode)
-        return criterion(output[0], y) + aux_weight * sum(criterion(o, y) for o in output[1:])
-    return criterion(output, y)
+def _loss(criterion: nn.Module, output, y: torch.Tensor, aux_weight: float,
+          main_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """criterion on the main logits (or ``main_loss``, e.g. distillation) + weighted aux heads."""
+    main = main_logits(output)
+    loss = main_loss(main) if main_loss is not None else criterion(main, y)
+    if isinstance(output, (tuple, list)):  # auxiliary heads (GoogLeNet in train mode)
+        loss = loss + aux_weight * sum(criterion(o, y) for o in output[1:])
+    return loss
+
+
+class StepHook(Protocol):
+    """Called after every optimizer step (e.g. gradual magnitude pruning keeping its masks)."""
+
+    def step(self, global_step: int) -> bool: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_dir: Path,
-        seed: int, on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+        seed: int, on_epoch_end: Callable[[int, dict], None] | None = None,
+        distill: DistillationLoss | None = None, hooks: Sequence[StepHook] = ()) -> list[dict]:
     """Train ``model`` on data.train for cfg.epochs, select on data.val; returns the history.
 
-    The model must already be on ``rt.device`` (see ``Runtime.prepare``).
+    The model must already be on ``rt.device`` (see ``Runtime.prepare``). ``distill``
+    replaces the main head's loss by Hinton's loss against a teacher; ``hooks`` run after
+    every optimizer step and are checkpointed with the run.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     criterion = instantiate(cfg.loss)
@@ -134,6 +151,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
+        for hook, hook_state in zip(hooks, state.get("hooks", [])):
+            hook.load_state_dict(hook_state)
         log.info("resuming training from %s after epoch %d", last_path, start)
 
     for epoch in bar(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs):
@@ -145,7 +164,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
         for step, (x, y) in enumerate(batches):
             with rt.autocast():
                 output = model(x)
-                loss = _loss(criterion, output, y, cfg.aux_weight)
+                kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
+                loss = _loss(criterion, output, y, cfg.aux_weight, kd)
             if not torch.isfinite(loss):
                 raise RsnetError(f"the training loss became {loss.item()} at epoch {epoch + 1} step "
                                  f"{step}; lower train.optimizer.lr or use train.precision=fp32")
@@ -154,6 +174,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            for hook in hooks:
+                hook.step(epoch * len(loader) + step)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += (main_logits(output).argmax(1) == y).sum().item()
@@ -177,7 +199,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
             atomic_torch_save(model.state_dict(), best_path)
         atomic_torch_save({"epoch": epoch, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "history": history, "best": best},
+                           "scaler": scaler.state_dict(), "history": history, "best": best,
+                           "hooks": [h.state_dict() for h in hooks]},
                           last_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

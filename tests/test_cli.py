@@ -110,3 +110,19 @@ def test_an_impossible_budget_is_a_clear_error(tmp_path):
     res = run(tmp_path, *TINY, "dataset.num_classes=4", "scaling=rs", "scaling.budget.rule=absolute",
               "scaling.budget.value=10", "stop_after=plan")
     assert res.returncode == 2 and "smallest plan" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_magnitude_pruning_keeps_its_sparsity_to_the_end(tmp_path):
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "compression=magnitude",
+              "compression.sparsity.final_sparsity=0.6", "compression.sparsity.end_epoch=1",
+              "compression.sparsity.frequency=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["sparsity/overall"] == pytest.approx(0.6, abs=0.01)  # after a further epoch
+    layers = json.loads((tmp_path / "run" / "sparsity.json").read_text())
+    assert all(v == pytest.approx(0.6, abs=0.05) for k, v in layers.items() if "/layer/" in k)
+
+
+def test_distillation_without_a_teacher_names_the_setting(tmp_path):
+    res = run(tmp_path, *TINY, "train.distill.enabled=true")
+    assert res.returncode == 2 and "model.checkpoint" in res.stderr

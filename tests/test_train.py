@@ -101,3 +101,27 @@ def test_auxiliary_heads_add_their_weighted_loss():
     main, aux, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     assert torch.allclose(_loss(crit, (main, aux), y, 0.3), crit(main, y) + 0.3 * crit(aux, y))
     assert torch.allclose(_loss(crit, main, y, 0.3), crit(main, y))
+
+
+def test_distillation_pulls_the_student_toward_the_teacher(data, tmp_path):
+    from rsnet.distill import DistillationLoss, subset_teacher_logits
+
+    cfg = train_cfg(epochs=2, optimizer={"lr": 0.05})
+    rt = resolve_runtime(cfg)
+    teacher = tiny_model(num_classes=4)  # the C-way baseline of the synthetic data
+    fit(teacher, build_data(OmegaConf.merge(OmegaConf.structured(DatasetConfig(
+        name="s", source={"_target_": "rsnet.data.sources.Synthetic", "num_classes": 4,
+                          "train_per_class": 48, "test_per_class": 10, "size": 16})), {})),
+        cfg, rt, tmp_path / "t", seed=0)
+    kd_only = DistillationLoss(teacher, temperature=2.0, alpha=1.0, subset=data.subset)
+    x = next(iter(__import__("rsnet.train", fromlist=["make_loader"]).make_loader(
+        data.val, data, 64, rt, train=False)))[0]
+    target = subset_teacher_logits(teacher.eval()(x), data.subset).softmax(1)
+
+    def gap(model):
+        return (model.eval()(x).softmax(1) - target).abs().mean().item()
+
+    student = tiny_model()
+    before = gap(student)
+    fit(student, data, cfg, rt, tmp_path / "s", seed=0, distill=kd_only)
+    assert gap(student) < 0.5 * before

@@ -533,15 +533,24 @@ class ChannelPass(Coupling):
             weight = (Fraction(kk, g), in_segs, out)
         self._record(node, name, kind, m, in_segs, out, first)
         coef, a, b = weight
-        macs = Term(node, "macs", simplify(coef * positions), a, b)
-        if self._eval(macs) != self.node_macs.get(node, 0):  # e.g. an unusual Conv2d subclass
+        return self._weight_terms(node, m, Term(node, "macs", simplify(coef * positions), a, b),
+                                  simplify(coef), a, b, in_segs, out, first)
+
+    def _weight_terms(self, node: Node, m: nn.Module, macs: Term, coef, a, b, in_segs, out,
+                      first: bool) -> Desc:
+        """Record a conv / linear's MACs and (on its first call) parameter terms.
+
+        A layer whose MACs the symbolic form does not reproduce (e.g. an unusual subclass)
+        gets fixed widths and constant costs instead: never a wrong cost.
+        """
+        if self._eval(macs) != self.node_macs.get(node, 0):
             self.fix_segs(in_segs)
             self.fix_segs(out)
             return self.const_desc(node)
         self.terms.append(macs)
         self.symbolic_macs.add(node)
         if first:
-            self.terms.append(Term(node, "params", simplify(coef), a, b))
+            self.terms.append(Term(node, "params", coef, a, b))
             self.symbolic_params.add(id(m.weight))
             if m.bias is not None:
                 self.terms.append(Term(node, "params", 1, out))
@@ -566,20 +575,8 @@ class ChannelPass(Coupling):
         out = ((token, 1),)
         self._record(node, name, "linear", m, in_segs, out, first)
         rows = math.prod(o_shape[:-1])
-        macs = Term(node, "macs", rows, in_segs, out)
-        if self._eval(macs) != self.node_macs.get(node, 0):
-            self.fix_segs(in_segs)
-            self.fix_segs(out)
-            return self.const_desc(node)
-        self.terms.append(macs)
-        self.symbolic_macs.add(node)
-        if first:
-            self.terms.append(Term(node, "params", 1, in_segs, out))
-            self.symbolic_params.add(id(m.weight))
-            if m.bias is not None:
-                self.terms.append(Term(node, "params", 1, out))
-                self.symbolic_params.add(id(m.bias))
-        return Chan(out)
+        return self._weight_terms(node, m, Term(node, "macs", rows, in_segs, out), 1, in_segs, out,
+                                  in_segs, out, first)
 
     def _eval(self, term: Term) -> int | Fraction:
         """A term's value at the baseline widths."""

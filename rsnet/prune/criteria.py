@@ -1,0 +1,312 @@
+"""Filter-importance criteria: one score per channel of a group; the lowest are pruned.
+
+Every criterion scores each *member* of a group (each conv / linear whose output channels
+the group holds; for ``bn_scale`` each BatchNorm), then the group score of root channel j is
+
+    score[j] = sum over members m of  s_m[j] / mean(s_m)
+
+(the sum of mean-normalised member scores; a member whose scores are all 0 adds nothing).
+A group with one member (an inner conv, an inception branch) keeps that member's ranking;
+a residual stream adds up the evidence of every conv writing into it. All scores are
+computed once, on the model before any channel is removed ("one-shot", Li et al.'s
+"independent" variant).
+
+Criteria (``compression.criterion``):
+
+- ``l1`` / ``l2``: sum |w| / sqrt(sum w^2) over each filter (Li et al. 2017), via
+  ``tp.importance.MagnitudeImportance(p=1|2, normalizer=None, group_reduction="first")``
+  (torch-pruning's p-norm is sum |w|^p; the square root for l2 keeps the ranking).
+- ``bn_scale``: |gamma| of the BatchNorm layers of the group (network slimming), via
+  ``tp.importance.BNScaleImportance``; a BN without scale (ShiftBatchNorm2d) is an error.
+- ``taylor``: first-order Taylor sum |w * dL/dw| over each filter (Molchanov et al.), via
+  ``tp.importance.TaylorImportance``; dL/dw is the gradient of the mean cross-entropy over
+  the calibration images (eval mode).
+- ``hrank``: average over calibration images of ``torch.linalg.matrix_rank`` of each
+  channel's H x W feature map (Lin et al. 2020).
+- ``apoz``: 1 - APoZ, APoZ = fraction of zeros of the channel's feature map over images
+  and positions (Hu et al. 2016: high APoZ is pruned).
+- ``mean_activation``: mean of the channel's feature map over images and positions
+  (Molchanov et al. 2017, section 2.2).
+- ``fisher``: (1 / 2N) sum_n (sum_hw a * dL_n/da)^2 (Theis et al. 2018), a the feature map,
+  L_n the cross-entropy of image n (per-example gradients: eval-mode BN does not mix them).
+- ``random``: uniform scores from a generator seeded by (seed, root layer name).
+
+Feature maps (hrank, apoz, mean_activation, fisher) are the activation outputs found by
+:mod:`rsnet.prune.activations` (after BN + activation, a ResNet stream after its residual
+add and ReLU).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.fx import Node
+from torch_pruning.dependency import Dependency, Group
+from torch_pruning.pruner import function as tpf
+
+from rsnet.errors import RsnetError
+from rsnet.prune.activations import TapInterpreter, find_taps
+from rsnet.prune.groups import GroupPlan, Member, preserve_state
+
+__all__ = ["CRITERIA", "DATA_DRIVEN", "check_criterion", "score_groups", "aggregate"]
+
+CRITERIA: dict[str, str] = {
+    "l1": "L1 norm of each filter",
+    "l2": "L2 norm of each filter",
+    "bn_scale": "|gamma| of the BatchNorm after the conv",
+    "taylor": "first-order Taylor |w * dL/dw| per filter",
+    "hrank": "average rank of the post-activation feature maps",
+    "apoz": "1 - average percentage of zeros of the post-activation feature map",
+    "mean_activation": "mean post-activation value",
+    "fisher": "Fisher saliency (Theis et al.) of the post-activation feature map",
+    "random": "seeded random scores",
+}
+DATA_DRIVEN = frozenset({"taylor", "hrank", "apoz", "mean_activation", "fisher"})
+
+
+def check_criterion(criterion: str, calib: Any) -> None:
+    """RsnetError for an unknown criterion, or a data-driven one without calibration data."""
+    if criterion not in CRITERIA:
+        raise RsnetError(f"compression.criterion={criterion!r} is unknown; use one of "
+                         f"{', '.join(CRITERIA)}")
+    if criterion in DATA_DRIVEN and calib is None:
+        raise RsnetError(f"compression.criterion={criterion} needs calibration images: set "
+                         f"compression.calib_images (a positive number of training images)")
+
+
+def aggregate(parts: Iterable[tuple[torch.Tensor, list[int]]], size: int) -> torch.Tensor:
+    """Sum of mean-normalised member scores, placed at their root channels. Shape (size,)."""
+    total = torch.zeros(size, dtype=torch.float64)
+    for scores, root_idxs in parts:
+        s = scores.detach().double().cpu()
+        mean = s.mean()
+        if mean > 0:
+            total.index_add_(0, torch.tensor(root_idxs, dtype=torch.long), s / mean)
+    return total
+
+
+def _sorted(member: Member) -> tuple[list[int], list[int]]:
+    """The member's (idxs, root_idxs) sorted by idxs (tp's Taylor sorts idxs in place)."""
+    pairs = sorted(zip(member.idxs, member.root_idxs))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _tp_member_scores(imp: tp.importance.Importance, member: Member, handler: Any
+                      ) -> tuple[torch.Tensor, list[int]] | None:
+    """Scores of one member from a torch-pruning importance, on a one-item group.
+
+    The item's handler is set to ``handler`` (tp's importances look for the plain conv /
+    linear / BN pruning functions; a depthwise conv's own handler is another one), and its
+    root indices to 0..k-1, so tp returns the scores in the member's own channel order.
+    """
+    idxs, root_idxs = _sorted(member)
+    node = member.item.dep.target
+    sub = Group()
+    sub.add_dep(Dependency(handler, handler, node, node), list(idxs))
+    sub[0].root_idxs = list(range(len(idxs)))
+    scores = imp(sub)
+    return None if scores is None else (scores, root_idxs)
+
+
+def _layer_handler(module: nn.Module) -> Any:
+    return tpf.prune_conv_out_channels if isinstance(module, nn.Conv2d) \
+        else tpf.prune_linear_out_channels
+
+
+class _Weights:
+    """l1, l2, taylor: filter scores of every conv / linear member."""
+
+    def __init__(self, imp: tp.importance.Importance, root: bool = False) -> None:
+        self.imp = imp
+        self.root = root  # l2: tp returns sum w^2; take the square root
+
+    def __call__(self, plan: GroupPlan) -> torch.Tensor:
+        parts = []
+        for m in plan.layers:
+            got = _tp_member_scores(self.imp, m, _layer_handler(m.module))
+            if got is not None:
+                parts.append((got[0].sqrt() if self.root else got[0], got[1]))
+        return aggregate(parts, plan.size)
+
+
+class _BNScale:
+    def __init__(self) -> None:
+        self.imp = tp.importance.BNScaleImportance(group_reduction="first", normalizer=None)
+
+    def __call__(self, plan: GroupPlan) -> torch.Tensor:
+        if not plan.norms:
+            raise RsnetError(f"compression.criterion=bn_scale: {', '.join(plan.names)} "
+                             f"has no BatchNorm after it; use another criterion (e.g. l1)")
+        parts = []
+        for m in plan.norms:
+            if getattr(m.module, "weight", None) is None:
+                raise RsnetError(
+                    f"compression.criterion=bn_scale: the BatchNorm {m.name} "
+                    f"({type(m.module).__name__}) has no scale (gamma), e.g. googlenet_rs "
+                    f"built with bn_scale=false; use another criterion (e.g. l1)")
+            parts.append(_tp_member_scores(self.imp, m, tpf.prune_batchnorm_out_channels))
+        return aggregate(parts, plan.size)
+
+
+class _Random:
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def __call__(self, plan: GroupPlan) -> torch.Tensor:
+        mixed = (self.seed * 0x9E3779B1 + zlib.crc32(plan.root.encode())) % (2 ** 63)
+        gen = torch.Generator().manual_seed(mixed)
+        return torch.rand(plan.size, generator=gen, dtype=torch.float64)
+
+
+class _FeatureStat:
+    """Per-channel statistics of each member's feature map over the calibration set."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def prepare(self, model: nn.Module, plans: list[GroupPlan], calib: Iterable) -> None:
+        names = sorted({m.name for p in plans for m in p.layers})
+        gm, taps = find_taps(model, names)
+        by_node: dict[Node, list[str]] = {}
+        for name, tap in taps.items():
+            by_node.setdefault(tap.node, []).append(name)
+        relu = {tap.node: tap.relu for tap in taps.values()}
+        sums: dict[Node, torch.Tensor] = {}
+        counts: dict[Node, int] = {}
+        grad_mode = self.kind == "fisher"
+        device = _device(model)
+        batch_out: dict[Node, torch.Tensor] = {}
+
+        def sink(node: Node, out: torch.Tensor, use_relu: bool) -> None:
+            if grad_mode:
+                batch_out[node] = out  # read after the backward pass
+                return
+            a = F.relu(out) if use_relu else out
+            a = a.detach()
+            if a.dim() == 2:
+                a = a[:, :, None, None]  # a linear layer: one 1x1 "map" per channel
+            b, c = a.shape[:2]
+            if self.kind == "hrank":
+                if a.shape[2:] == (1, 1):
+                    stat = (a[:, :, 0, 0] != 0).double().sum(0)
+                else:
+                    stat = torch.linalg.matrix_rank(a.float()).double().sum(0)
+                n = b
+            elif self.kind == "apoz":
+                stat = (a != 0).double().sum((0, 2, 3))  # non-zeros: score = 1 - APoZ
+                n = b * a.shape[2] * a.shape[3]
+            else:  # mean_activation
+                stat = a.double().sum((0, 2, 3))
+                n = b * a.shape[2] * a.shape[3]
+            sums[node] = sums.get(node, 0) + stat.cpu()
+            counts[node] = counts.get(node, 0) + n
+
+        interp = TapInterpreter(gm, taps, sink)
+        seen = 0
+        with preserve_state(model):
+            model.eval()
+            for x, y in calib:
+                x = x.to(device)
+                seen += x.shape[0]
+                if not grad_mode:
+                    with torch.no_grad():
+                        interp.run(x)
+                    continue
+                batch_out.clear()
+                with torch.enable_grad():
+                    out = interp.run(x)
+                    logits = out[0] if isinstance(out, (tuple, list)) else out
+                    loss = F.cross_entropy(logits, y.to(device), reduction="sum")
+                    outs = [(n, o) for n, o in batch_out.items() if o.requires_grad]
+                    grads = torch.autograd.grad(loss, [o for _, o in outs], allow_unused=True)
+                for (node, o), g in zip(outs, grads):
+                    if g is None:
+                        g = torch.zeros_like(o)
+                    a, g = o.detach(), g.detach()
+                    if a.dim() == 2:
+                        a, g = a[:, :, None, None], g[:, :, None, None]
+                    # Per example: (sum over positions of a * dL_n/da)^2.
+                    stat = (a * g).double().sum((2, 3)).pow(2).sum(0)
+                    sums[node] = sums.get(node, 0) + stat.cpu()
+                    counts[node] = counts.get(node, 0) + a.shape[0]
+        if seen == 0:
+            raise RsnetError("compression.calib_images: the calibration set is empty")
+        for node, layer_names in by_node.items():
+            denom = counts[node] * (2 if self.kind == "fisher" else 1)
+            value = sums[node] / denom  # apoz: the non-zero fraction, i.e. 1 - APoZ
+            for name in layer_names:
+                self.stats[name] = value
+
+    def __call__(self, plan: GroupPlan) -> torch.Tensor:
+        parts = [(self.stats[m.name][m.idxs], m.root_idxs)
+                 for m in plan.layers if m.name in self.stats]
+        return aggregate(parts, plan.size)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _taylor_grads(model: nn.Module, calib: Iterable) -> dict[nn.Parameter, torch.Tensor | None]:
+    """Set every parameter's .grad to d(mean cross-entropy)/dw over ``calib``; returns the old."""
+    old = {p: p.grad for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = None
+    device, seen = _device(model), 0
+    with preserve_state(model), torch.enable_grad():
+        model.eval()
+        for x, y in calib:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            logits = out[0] if isinstance(out, (tuple, list)) else out
+            F.cross_entropy(logits, y, reduction="sum").backward()
+            seen += x.shape[0]
+    if seen == 0:
+        for p, g in old.items():
+            p.grad = g
+        raise RsnetError("compression.calib_images: the calibration set is empty")
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad /= seen
+    return old
+
+
+def score_groups(model: nn.Module, plans: list[GroupPlan], criterion: str,
+                 calib: Iterable | None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Scores (float64, shape (plan.size,)) of every plan's root channels, by root name.
+
+    Computed on the model as it is (before pruning). Data-driven criteria iterate over
+    ``calib`` once (``(x, y)`` batches: normalised float images, int64 targets).
+    """
+    check_criterion(criterion, calib)
+    if not plans:
+        return {}
+    if criterion in ("l1", "l2"):
+        p = 1 if criterion == "l1" else 2
+        scorer: Any = _Weights(tp.importance.MagnitudeImportance(
+            p=p, normalizer=None, group_reduction="first"), root=p == 2)
+    elif criterion == "bn_scale":
+        scorer = _BNScale()
+    elif criterion == "random":
+        scorer = _Random(seed)
+    elif criterion == "taylor":
+        old = _taylor_grads(model, calib)
+        try:
+            scorer = _Weights(tp.importance.TaylorImportance(
+                group_reduction="first", normalizer=None))
+            return {plan.root: scorer(plan) for plan in plans}
+        finally:
+            for p, g in old.items():
+                p.grad = g
+    else:
+        scorer = _FeatureStat(criterion)
+        scorer.prepare(model, plans, calib)
+    return {plan.root: scorer(plan) for plan in plans}
