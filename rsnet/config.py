@@ -18,7 +18,7 @@ from omegaconf import MISSING, OmegaConf
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # The pipeline's stages in order; ``stop_after`` names one of them.
-STAGES = ("data", "model", "baseline", "plan", "train", "evaluate", "export", "report")
+STAGES = ("data", "model", "baseline", "plan", "prune", "train", "evaluate", "export", "report")
 
 
 @dataclass

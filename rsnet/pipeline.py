@@ -33,6 +33,8 @@ from rsnet.graph import analyze
 from rsnet.models import build_model, subset_head
 from rsnet.models.widths import build_at_widths
 from rsnet.plan import WidthPlan
+from rsnet.prune import (DATA_DRIVEN, calibration_batches, current_widths, load_pruned,
+                         prune_to_widths, reinitialize, save_pruned, width_schedule)
 from rsnet.scaling import Scaler, WidthRule
 from rsnet.sparsity import MagnitudePruner, sparsity_report
 from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
@@ -154,6 +156,58 @@ def plan_metrics(plan: WidthPlan) -> dict:
     return out
 
 
+def stage_prune(cfg: DictConfig, model: torch.nn.Module, data: DataBundle, rt: Runtime,
+                run_dir: Path, plan: WidthPlan) -> torch.nn.Module:
+    """Carve the plan out of the trained baseline (compression=prune): keep the most important
+    filters by ``compression.criterion``, in ``compression.steps`` steps with fine-tuning
+    between them; ``compression.init=scratch`` re-initialises the pruned network instead.
+
+    Artifact: checkpoints/pruned.pt (state dict + widths, reloadable in a fresh process).
+    """
+    comp = cfg.compression
+    path = run_dir / "checkpoints" / "pruned.pt"
+    if data.subset is not None:
+        subset_head(model, data.subset, cfg.model.head if cfg.model.checkpoint else "reset")
+    example = torch.zeros(2, 3, cfg.model.input_size, cfg.model.input_size)
+
+    def fresh() -> torch.nn.Module:  # the unpruned N-way architecture, for reloading
+        net = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), len(data.base_class_names))
+        return subset_head(net, data.subset, "reset") if data.subset is not None else net
+
+    if path.exists():
+        log.info("stage artifact %s exists: skipping pruning", path.name)
+        return load_pruned(path, fresh, example)
+    if comp.init not in ("inherit", "scratch"):
+        raise RsnetError(f"compression.init={comp.init!r}: use inherit or scratch")
+    if comp.steps < 1:
+        raise RsnetError(f"compression.steps={comp.steps} must be >= 1")
+    calib = calibration_batches(data.train, comp.calib_images, data.mean, data.std,
+                                seed=cfg.seed) if comp.criterion in DATA_DRIVEN else None
+    schedule = width_schedule(current_widths(model), plan.widths(), comp.steps)
+    for i, widths in enumerate(schedule, start=1):
+        step_path = run_dir / "checkpoints" / f"prune_step{i}.pt"
+        if step_path.exists():  # resume an iterative run after its last finished step
+            model = load_pruned(step_path, fresh, example)
+            continue
+        model = rt.prepare(prune_to_widths(model.cpu().float(), widths, example, comp.criterion,
+                                           calib, cfg.seed))
+        log.info("pruning step %d/%d (%s): %s params", i, comp.steps, comp.criterion,
+                 f"{count_params(model):,}")
+        if i < comp.steps and comp.init == "inherit" and comp.step_epochs > 0:
+            step_cfg = OmegaConf.merge(cfg.train, {"epochs": comp.step_epochs})
+            fit(model, data, step_cfg, rt, run_dir / "checkpoints" / f"prune_step{i}", cfg.seed)
+        save_pruned(step_path, model.cpu(), widths, {"step": i})
+    if comp.init == "scratch":
+        reinitialize(model, cfg.seed)
+    cost = _cost(model, cfg.model.input_size, "m")
+    if (cost["m/params"], cost["m/macs"]) != (plan.predicted["params"], plan.predicted["macs"]):
+        raise RsnetError(f"the pruned model costs {cost} but the plan predicted {plan.predicted}: "
+                         f"a bug in rsnet's pruning or graph analysis, please report it")
+    save_pruned(path, model.cpu(), plan.widths(), {"criterion": comp.criterion, "init": comp.init,
+                                                   "steps": comp.steps})
+    return model
+
+
 def magnitude_pruner(cfg: DictConfig, model: torch.nn.Module, data: DataBundle) -> MagnitudePruner:
     """Gradual magnitude pruning on the training stage's step counter (epochs -> steps)."""
     sp = cfg.compression.sparsity
@@ -164,14 +218,18 @@ def magnitude_pruner(cfg: DictConfig, model: torch.nn.Module, data: DataBundle) 
 
 
 def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path,
-                plan: WidthPlan | None = None, teacher: torch.nn.Module | None = None):
+                plan: WidthPlan | None = None, teacher: torch.nn.Module | None = None,
+                pruned: bool = False):
     """Fit the (N-way) model; the selected weights go to checkpoints/model.pt.
 
-    With a plan, the model is the scaled network built at the plan's widths from scratch
-    (the thesis's way); its cost must equal the plan's prediction.
+    With a plan, the model is the network pruned to it (``pruned``), or else the scaled
+    network built at the plan's widths from scratch (the thesis's way); its cost must equal
+    the plan's prediction.
     """
     final = run_dir / "checkpoints" / "model.pt"
-    if plan is not None:
+    if pruned:
+        model = rt.prepare(model)
+    elif plan is not None:
         torch.manual_seed(cfg.seed)
         model = build_at_widths(cfg.model, data.num_outputs, plan.widths(), model)
         cost = _cost(model, cfg.model.input_size, "m")
@@ -258,7 +316,18 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         return metrics
 
     teacher = copy.deepcopy(model) if cfg.train.distill.enabled and cfg.model.checkpoint else None
-    model, history = stage_train(cfg, model, data, rt, run_dir, plan, teacher)
+    pruned = cfg.compression.name == "prune"
+    if pruned:
+        if plan is None:
+            raise RsnetError("compression=prune realises a width plan: set scaling=rs (or "
+                             "uniform, factors, plan)")
+        model = stage_prune(cfg, model, data, rt, run_dir, plan)
+        metrics.update({"prune/criterion": cfg.compression.criterion, "prune/init": cfg.compression.init,
+                        "prune/steps": cfg.compression.steps})
+    if last == STAGES.index("prune"):
+        return metrics
+
+    model, history = stage_train(cfg, model, data, rt, run_dir, plan, teacher, pruned)
     metrics.update(report.history_metrics(history, cfg.train.select_on))
     if last == STAGES.index("train"):
         return metrics

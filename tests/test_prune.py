@@ -19,13 +19,15 @@ from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models import load_weights
-from rsnet.models.googlenet_rs import INCEPTION_KEYS, googlenet_rs
+from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.layers import conv_bn_act, init_weights
 from rsnet.models.mobilenet_v1 import mobilenet_v1
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.prune import (CRITERIA, DATA_DRIVEN, IndexShortcut, current_widths, index_shortcut_pruner,
-                         load_pruned, prune_to_widths, reinitialize, save_pruned, width_schedule)
+from rsnet.prune import (CRITERIA, DATA_DRIVEN, IndexShortcut, convert_pad_shortcuts,
+                         current_widths, index_shortcut_pruner, prune_to_widths, reinitialize,
+                         save_pruned, width_schedule)
 from rsnet.prune.criteria import aggregate
+from rsnet.prune.groups import build_graph
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -356,6 +358,22 @@ def test_index_shortcut_pruner_matches_masking():
     assert torch.equal(sc(x[:, keep_in]), IndexShortcut(6, 10, 2)(masked)[:, keep_out])
 
 
+def test_option_a_groups_match_rsnet_graph():
+    """With IndexShortcuts, torch-pruning's groups are rsnet.graph's: one per stage stream."""
+    model = resnet_cifar(20)
+    ours = {frozenset(g.members) for g in analyze(model, 32).groups}
+    convert_pad_shortcuts(model)
+    dg = build_graph(model, torch.zeros(1, 3, 32, 32))
+    names = {m: n for n, m in model.named_modules()}
+    theirs = set()
+    for group in dg.get_all_groups(ignored_layers=[model.linear]):
+        theirs.add(frozenset(names[it.dep.target.module] for it in group
+                             if isinstance(it.dep.target.module, nn.Conv2d)
+                             and dg.is_out_channel_pruning_fn(it.dep.handler)))
+    assert theirs == ours
+    assert frozenset({"layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2"}) in theirs
+
+
 def test_resnet20_exact_widths_and_cost_incl_stage_widths():
     rng = random.Random(20)
     base = resnet_cifar(20)
@@ -416,7 +434,8 @@ def test_googlenet_rs_half_widths(bn_scale):
 
 def test_googlenet_aux_head_follows_inception4b():
     model = trained_looking(googlenet_rs(10, input_size=32, aux_head=True))
-    graph = analyze(googlenet_rs(10, input_size=32), 32)  # the eval-mode graph has no aux
+    graph = analyze(model, 32)  # traced in eval mode: the aux head is no micro-layer
+    assert not any(m.name.startswith("aux") for m in graph.micro)
     widths = half(graph)
     # Tag each 4b branch output channel (BN running mean) to read back which survive.
     branches = ["conv1x1", "conv3x3", "conv5x5", "pool_proj"]
@@ -440,7 +459,10 @@ def test_googlenet_aux_head_follows_inception4b():
     model.train()
     logits, aux = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == aux.shape == (2, 10)
-    assert INCEPTION_KEYS  # the branch order the widths use
+    # rsnet.graph counts the untraced aux head as constant parameters (at its 512 inputs);
+    # the pruned model's aux conv lost the pruned 4b channels' weights.
+    lost = (512 - model.aux.conv.in_channels) * 128
+    assert graph.cost(widths) == (count_params(model) + lost, count_macs(model.eval(), 32))
 
 
 # -- iterative schedule, re-init, save / load ---------------------------------------------------
@@ -490,7 +512,8 @@ def test_reinitialize_is_seeded_and_complete():
     reinitialize(model, 7)
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
     first = [p.detach().clone() for p in model.parameters()]
-    assert all(not torch.equal(a, b) for a, b in zip(before, first) if a.numel() > 1 and a.abs().sum())
+    assert all(not torch.equal(a, b) for a, b in zip(before, first)
+               if a.numel() > 1 and a.abs().sum())
     reinitialize(model, 7)
     assert all(torch.equal(a, p) for a, p in zip(first, model.parameters()))
     assert torch.equal(model.bn1.running_mean, torch.zeros_like(model.bn1.running_mean))

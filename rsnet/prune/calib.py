@@ -14,7 +14,8 @@ __all__ = ["calibration_batches"]
 
 def calibration_batches(split: Split, num_images: int, mean: Sequence[float],
                         std: Sequence[float], batch_size: int = 64, seed: int = 0,
-                        device: str | torch.device = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+                        device: str | torch.device = "cpu"
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``num_images`` images drawn from ``split`` without replacement (seeded), as batches.
 
     Returns a list of ``(x, y)``: ``x`` float32 ``(B, 3, H, W)`` normalised with

@@ -39,7 +39,7 @@ add and ReLU).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -84,6 +84,8 @@ def aggregate(parts: Iterable[tuple[torch.Tensor, list[int]]], size: int) -> tor
     """Sum of mean-normalised member scores, placed at their root channels. Shape (size,)."""
     total = torch.zeros(size, dtype=torch.float64)
     for scores, root_idxs in parts:
+        if any(r is None for r in root_idxs):
+            continue  # tp could not map this member onto the root (as tp's own _reduce)
         s = scores.detach().double().cpu()
         mean = s.mean()
         if mean > 0:
@@ -125,10 +127,13 @@ class _Weights:
     def __init__(self, imp: tp.importance.Importance, root: bool = False) -> None:
         self.imp = imp
         self.root = root  # l2: tp returns sum w^2; take the square root
+        self.needs_grad = isinstance(imp, tp.importance.GroupTaylorImportance)
 
     def __call__(self, plan: GroupPlan) -> torch.Tensor:
         parts = []
         for m in plan.layers:
+            if self.needs_grad and m.module.weight.grad is None:
+                continue  # not on the eval-mode path of the loss (a train-only layer)
             got = _tp_member_scores(self.imp, m, _layer_handler(m.module))
             if got is not None:
                 parts.append((got[0].sqrt() if self.root else got[0], got[1]))

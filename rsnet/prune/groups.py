@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from rsnet.errors import RsnetError
@@ -21,7 +22,7 @@ from rsnet.models.layers import torch_pruning_pruners
 from rsnet.prune.shortcut import IndexShortcut, index_shortcut_pruner
 
 __all__ = ["Member", "GroupPlan", "build_graph", "train_only_layers", "plan_groups",
-           "layer_width", "preserve_state"]
+           "layer_width", "preserve_state", "cuda_devices"]
 
 LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -62,12 +63,17 @@ class GroupPlan:
         return [m.name for m in self.layers]
 
 
+def cuda_devices(model: nn.Module) -> list[int]:
+    """Indices of the CUDA devices holding ``model``'s parameters (for ``fork_rng``)."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
 @contextlib.contextmanager
 def preserve_state(model: nn.Module) -> Iterator[None]:
     """Restore every buffer (BN running statistics), the modes and the RNG state on exit."""
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=cuda_devices(model)):
         try:
             yield
         finally:
@@ -111,8 +117,6 @@ def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
     ``train_mode`` traces a training-mode forward (so train-only branches such as aux heads
     join the graph); BN statistics, modes and the RNG are restored afterwards.
     """
-    import torch_pruning as tp
-
     pruners = dict(torch_pruning_pruners())
     pruners[IndexShortcut] = index_shortcut_pruner()
     with preserve_state(model), torch.enable_grad():
@@ -129,7 +133,9 @@ def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
                                                      verbose=False)
 
 
-def _members(group: Any, names: Mapping[nn.Module, str], DG: Any) -> tuple[list[Member], list[Member]]:
+def _members(group: Any, names: Mapping[nn.Module, str],
+             DG: Any) -> tuple[list[Member], list[Member]]:
+    """(conv / linear members, BatchNorm members) of a torch-pruning group."""
     layers, norms = [], []
     for item in group:
         dep, idxs = item.dep, list(item.idxs)

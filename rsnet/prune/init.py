@@ -9,6 +9,7 @@ from torch import nn
 
 from rsnet.errors import RsnetError
 from rsnet.models.layers import ShiftBatchNorm2d
+from rsnet.prune.groups import cuda_devices
 
 __all__ = ["reinitialize"]
 
@@ -29,9 +30,7 @@ def reinitialize(model: nn.Module, seed: int,
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise RsnetError(f"seed must be an integer, got {seed!r}")
-    devices = sorted({p.device.index for p in model.parameters()
-                      if p.device.type == "cuda" and p.device.index is not None})
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=cuda_devices(model)):
         torch.manual_seed(seed)
         for name, m in model.named_modules():
             if not any(True for _ in m.parameters(recurse=False)):

@@ -76,7 +76,8 @@ class IndexShortcut(nn.Module):
         # A pad maps 0..in-1 onto one contiguous run of outputs; zeros everywhere else.
         real = [o for o, s in enumerate(src) if s != self.in_channels]
         self.pad = None
-        if len(real) == self.in_channels and [src[o] for o in real] == list(range(self.in_channels)):
+        in_order = [src[o] for o in real] == list(range(self.in_channels))
+        if len(real) == self.in_channels and in_order:
             left = real[0] if real else self.out_channels
             if real == list(range(left, left + self.in_channels)):
                 self.pad = (left, self.out_channels - left - self.in_channels)
@@ -125,9 +126,8 @@ def convert_pad_shortcuts(model: nn.Module) -> list[str]:
         if in_channels is None:
             raise ValueError(f"cannot tell the input width of {name}: its block has no conv")
         new = IndexShortcut.from_pad(module, in_channels)
-        device = next((b.device for b in parent.buffers()), None) or \
-            next((p.device for p in parent.parameters()), torch.device("cpu"))
-        setattr(parent, attr, new.to(device))
+        tensor = next(iter(parent.parameters()), None)
+        setattr(parent, attr, new.to(tensor.device) if tensor is not None else new)
         replaced.append(name)
     return replaced
 
