@@ -31,10 +31,11 @@ from rsnet.metrics import baseline_scope_metrics, count_macs, count_params, meas
 from rsnet.budget import make_budget
 from rsnet.graph import analyze
 from rsnet.models import build_model, subset_head
-from rsnet.models.widths import build_at_widths
+from rsnet.models.widths import INITS, build_at_widths
 from rsnet.plan import WidthPlan
 from rsnet.prune import (DATA_DRIVEN, calibration_batches, current_widths, load_pruned,
                          prune_to_widths, reinitialize, save_pruned, width_schedule)
+from rsnet.prune.groups import train_only_layers
 from rsnet.scaling import Scaler, WidthRule
 from rsnet.sparsity import MagnitudePruner, sparsity_report
 from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
@@ -197,10 +198,12 @@ def stage_prune(cfg: DictConfig, model: torch.nn.Module, data: DataBundle, rt: R
             step_cfg = OmegaConf.merge(cfg.train, {"epochs": comp.step_epochs})
             fit(model, data, step_cfg, rt, run_dir / "checkpoints" / f"prune_step{i}", cfg.seed)
         save_pruned(step_path, model.cpu(), widths, {"step": i})
-    if comp.init == "scratch":
-        reinitialize(model, cfg.seed)
+    if comp.init == "scratch":  # the builder's own init where it has one (else torch's defaults)
+        reinitialize(model, cfg.seed, INITS.get(cfg.model.arch["_target_"]))
     cost = _cost(model, cfg.model.input_size, "m")
-    if (cost["m/params"], cost["m/macs"]) != (plan.predicted["params"], plan.predicted["macs"]):
+    # layers that run only in training (aux heads) are outside the traced plan: check MACs only
+    check_params = not train_only_layers(model.cpu(), example)
+    if cost["m/macs"] != plan.predicted["macs"] or (check_params and cost["m/params"] != plan.predicted["params"]):
         raise RsnetError(f"the pruned model costs {cost} but the plan predicted {plan.predicted}: "
                          f"a bug in rsnet's pruning or graph analysis, please report it")
     save_pruned(path, model.cpu(), plan.widths(), {"criterion": comp.criterion, "init": comp.init,

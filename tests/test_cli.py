@@ -126,3 +126,26 @@ def test_magnitude_pruning_keeps_its_sparsity_to_the_end(tmp_path):
 def test_distillation_without_a_teacher_names_the_setting(tmp_path):
     res = run(tmp_path, *TINY, "train.distill.enabled=true")
     assert res.returncode == 2 and "model.checkpoint" in res.stderr
+
+
+def test_pruning_to_the_plan_realises_it_and_resumes(tmp_path):
+    args = (*TINY, "dataset.num_classes=4", "scaling=rs", "compression=prune",
+            "compression.criterion=l1", "compression.steps=2", "train.epochs=1")
+    res = run(tmp_path, *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    metrics = json.loads((d / "metrics.json").read_text())
+    plan = json.loads((d / "plan.json").read_text())
+    assert (metrics["model/params"], metrics["model/macs"]) == \
+        (plan["predicted"]["params"], plan["predicted"]["macs"])
+    assert metrics["prune/criterion"] == "l1" and (d / "checkpoints" / "pruned.pt").exists()
+    (d / "checkpoints" / "model.pt").unlink()  # as if killed after pruning, before training ended
+    (d / "metrics.json").unlink()
+    again = run(tmp_path, *args)  # reloads pruned.pt in a fresh process, trains again
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((d / "metrics.json").read_text())["model/params"] == metrics["model/params"]
+
+
+def test_prune_without_a_plan_names_the_setting(tmp_path):
+    res = run(tmp_path, *TINY, "compression=prune")
+    assert res.returncode == 2 and "scaling=rs" in res.stderr

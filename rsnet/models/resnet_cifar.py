@@ -10,8 +10,8 @@ parameters. Inputs are ``(B, 3, 32, 32)`` CIFAR images; other sizes work as well
 Widths: ``stage_widths`` are the three residual-coupled widths (every block in a stage adds
 into the same tensor); ``inner_widths`` (one per block) are the conv1 output widths inside
 each block, the only widths free of that coupling. torch-pruning does not see the channel
-offsets of the option-A pad, so prune only the inner widths in place; a model with other
-stage widths is rebuilt with ``resnet_cifar(stage_widths=...)``.
+offsets of the option-A pad; ``rsnet.prune`` swaps ``PadShortcut`` for a prunable index
+shortcut, so stage widths prune too, and ``resnet_cifar(stage_widths=...)`` builds them directly.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class ResNetCifar(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))
 
 
-def _init_akamaster(model: nn.Module) -> None:
+def init_akamaster(model: nn.Module) -> None:
     # akamaster's init: He-normal (fan_in) for convs and the linear layer.
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -151,5 +151,5 @@ def resnet_cifar(
             )
         inner = [check_width(w, f"inner_widths[{i}]") for i, w in enumerate(inner_widths)]
     model = ResNetCifar(n, num_classes, stages, inner)
-    _init_akamaster(model)
+    init_akamaster(model)
     return model

@@ -15,6 +15,8 @@ from torch import nn
 from rsnet.config import ModelConfig
 from rsnet.errors import RsnetError
 from rsnet.models.googlenet_rs import BASELINE_WIDTHS, INCEPTION_KEYS
+from rsnet.models.layers import init_weights
+from rsnet.models.resnet_cifar import init_akamaster
 
 Widths = Mapping[str, int]
 
@@ -50,6 +52,15 @@ BUILDERS: dict[str, Callable[[Widths, nn.Module], dict]] = {
     "rsnet.models.googlenet_rs.googlenet_rs": _googlenet_rs,
     "rsnet.models.mobilenet_v1.mobilenet_v1": _mobilenet_v1,
     "rsnet.models.vgg.vgg16": _vgg16,
+}
+
+
+# The builders' own initialisation, for re-initialising a pruned network ("from scratch").
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "rsnet.models.resnet_cifar.resnet_cifar": init_akamaster,
+    "rsnet.models.googlenet_rs.googlenet_rs": init_weights,
+    "rsnet.models.mobilenet_v1.mobilenet_v1": init_weights,
+    "rsnet.models.vgg.vgg16": init_weights,
 }
 
 

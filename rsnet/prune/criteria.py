@@ -33,7 +33,10 @@ Criteria (``compression.criterion``):
 
 Feature maps (hrank, apoz, mean_activation, fisher) are the activation outputs found by
 :mod:`rsnet.prune.activations` (after BN + activation, a ResNet stream after its residual
-add and ReLU).
+add and ReLU). Where no activation follows a layer, the end of its BN chain is used, with a
+ReLU applied for hrank / apoz / mean_activation and as is for fisher (whose a must be the
+tensor the gradient flows through). Statistics are gathered in eval mode (running BN
+statistics, no dropout); the model's weights, buffers, grads and mode are left unchanged.
 """
 
 from __future__ import annotations
