@@ -200,15 +200,21 @@ def stage_prune(cfg: DictConfig, model: torch.nn.Module, data: DataBundle, rt: R
         save_pruned(step_path, model.cpu(), widths, {"step": i})
     if comp.init == "scratch":  # the builder's own init where it has one (else torch's defaults)
         reinitialize(model, cfg.seed, INITS.get(cfg.model.arch["_target_"]))
-    cost = _cost(model, cfg.model.input_size, "m")
     # layers that run only in training (aux heads) are outside the traced plan: check MACs only
-    check_params = not train_only_layers(model.cpu(), example)
-    if cost["m/macs"] != plan.predicted["macs"] or (check_params and cost["m/params"] != plan.predicted["params"]):
-        raise RsnetError(f"the pruned model costs {cost} but the plan predicted {plan.predicted}: "
-                         f"a bug in rsnet's pruning or graph analysis, please report it")
+    check_plan_cost(model, plan, cfg.model.input_size, "pruned",
+                    params=not train_only_layers(model.cpu(), example))
     save_pruned(path, model.cpu(), plan.widths(), {"criterion": comp.criterion, "init": comp.init,
                                                    "steps": comp.steps})
     return model
+
+
+def check_plan_cost(model: torch.nn.Module, plan: WidthPlan, input_size: int, what: str,
+                    params: bool = True) -> None:
+    """The model realising a plan must cost exactly what the plan predicted."""
+    cost = _cost(model, input_size, "m")
+    if cost["m/macs"] != plan.predicted["macs"] or (params and cost["m/params"] != plan.predicted["params"]):
+        raise RsnetError(f"the model {what} costs {cost} but the plan predicted {plan.predicted}: "
+                         f"a bug in rsnet's graph analysis or pruning, please report it")
 
 
 def magnitude_pruner(cfg: DictConfig, model: torch.nn.Module, data: DataBundle) -> MagnitudePruner:
@@ -230,16 +236,11 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
     the plan's prediction.
     """
     final = run_dir / "checkpoints" / "model.pt"
-    if pruned:
-        model = rt.prepare(model)
-    elif plan is not None:
+    if plan is not None and not pruned:
         torch.manual_seed(cfg.seed)
         model = build_at_widths(cfg.model, data.num_outputs, plan.widths(), model)
-        cost = _cost(model, cfg.model.input_size, "m")
-        if (cost["m/params"], cost["m/macs"]) != (plan.predicted["params"], plan.predicted["macs"]):
-            raise RsnetError(f"the model built at the plan costs {cost} but the plan predicted "
-                             f"{plan.predicted}: a bug in rsnet's graph analysis, please report it")
-    elif data.subset is not None:  # an untrained baseline has no rows worth keeping
+        check_plan_cost(model, plan, cfg.model.input_size, "built at the plan")
+    elif plan is None and data.subset is not None:  # an untrained baseline has no rows worth keeping
         subset_head(model, data.subset, cfg.model.head if cfg.model.checkpoint else "reset")
     model = rt.prepare(model)
     if final.exists():
@@ -249,10 +250,7 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
     hooks = [magnitude_pruner(cfg, model, data)] if cfg.compression.sparsity.enabled else []
     distill = None
     if cfg.train.distill.enabled:
-        if teacher is None:
-            raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "
-                             "set model.checkpoint")
-        d = cfg.train.distill
+        d = cfg.train.distill  # a teacher exists: see check_settings
         distill = DistillationLoss(rt.prepare(teacher), d.temperature, d.alpha, data.subset)
     history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, distill=distill,
                   hooks=hooks)
@@ -278,6 +276,18 @@ def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
     return _cached_json(run_dir / "test_metrics.json", compute)
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Combinations that cannot work, reported before any expensive stage runs."""
+    if cfg.compression.name not in ("none", "prune", "magnitude"):
+        raise RsnetError(f"compression.name={cfg.compression.name!r}: use none, prune or magnitude")
+    if cfg.compression.name == "prune" and cfg.scaling.name == "none":
+        raise RsnetError("compression=prune realises a width plan: set scaling=rs (or uniform, "
+                         "factors, plan)")
+    if cfg.train.distill.enabled and not cfg.model.checkpoint:
+        raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "
+                         "set model.checkpoint")
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Run the pipeline up to ``cfg.stop_after``; returns the metrics gathered so far."""
     if run_dir is None:
@@ -286,6 +296,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if cfg.stop_after not in STAGES:
         raise RsnetError(f"stop_after={cfg.stop_after!r}: use one of {', '.join(STAGES)}")
     last = STAGES.index(cfg.stop_after)
+    check_settings(cfg)
     torch.manual_seed(cfg.seed)
     progress.set_enabled(cfg.progress)
     prepare_run_dir(cfg, run_dir)
@@ -321,10 +332,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     teacher = copy.deepcopy(model) if cfg.train.distill.enabled and cfg.model.checkpoint else None
     pruned = cfg.compression.name == "prune"
     if pruned:
-        if plan is None:
-            raise RsnetError("compression=prune realises a width plan: set scaling=rs (or "
-                             "uniform, factors, plan)")
-        model = stage_prune(cfg, model, data, rt, run_dir, plan)
+        model = stage_prune(cfg, model, data, rt, run_dir, plan)  # plan: see check_settings
         metrics.update({"prune/criterion": cfg.compression.criterion, "prune/init": cfg.compression.init,
                         "prune/steps": cfg.compression.steps})
     if last == STAGES.index("prune"):

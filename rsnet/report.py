@@ -41,7 +41,8 @@ ROWS = [("params", "params"), ("MACs", "macs"), ("test acc (top-1)", "test/acc")
         ("test acc (top-5)", "test/acc5"), ("local acc", "test/acc_local"),
         ("global acc", "test/acc_global"), ("raw acc", "test/acc_raw"),
         ("misc share of test set", "test/misc_share"),
-        ("constant-misc global / raw", None), ("latency b1 fp32 (ms)", "latency/torch_fp32_b1_ms")]
+        ("constant-misc global / raw", None), ("sparsity of conv + linear weights", "sparsity/overall"),
+        ("latency b1 fp32 (ms)", "latency/torch_fp32_b1_ms")]
 
 
 def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> str:
@@ -72,6 +73,11 @@ def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> st
                   f"- policy `{metrics['plan/policy']}`; factors per macro-layer: {metrics['plan/factors']}",
                   f"- predicted params {metrics['plan/params']:,}, MACs {metrics['plan/macs']:,} "
                   f"(built model: {metrics.get('model/params', 0):,} / {metrics.get('model/macs', 0):,})"]
+        if "prune/criterion" in metrics:
+            lines.append(f"- carved out of the trained baseline: criterion `{metrics['prune/criterion']}`, "
+                         f"init `{metrics['prune/init']}`, {metrics['prune/steps']} step(s)")
+        else:
+            lines.append("- built at the plan's widths and trained from scratch")
         if "plan/budget" in metrics:
             lines.append(f"- budget {metrics['plan/budget']:,.0f} {metrics['plan/budget_unit']}, "
                          f"used {metrics['plan/budget_used']:.2%}; see plan.json")
