@@ -135,6 +135,31 @@ class CompressionConfig:
 
 
 @dataclass
+class LatencyConfig:
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
+    runs: int = 100  # timed runs per measurement; the median is reported
+    warmup: int = 10
+    threads: int = 2  # intra-op threads for PyTorch and ONNX Runtime alike
+
+
+@dataclass
+class ExportConfig:
+    name: str = "none"  # none | onnx (fp32) | int8 (fp32 + static int8); see conf/export/
+    opset: int = 18
+    dynamic_batch: bool = True
+    compact: bool = True  # short internal tensor names in the ONNX files (smaller; see README)
+    verify_images: int = 1000  # test images on which PyTorch fp32 and ONNX Runtime must agree
+    atol: float = 1e-3  # max |logit difference| allowed by the verification
+    min_agreement: float = 0.999  # min top-1 agreement allowed by the verification
+    int8: bool = False  # also write a statically quantized int8 model (QDQ)
+    calib_images: int = 512  # seeded training images for int8 calibration
+    calib_method: str = "minmax"  # minmax | entropy | percentile | distribution
+    per_channel: bool = True  # per-channel int8 weights
+    eval_batch_size: int = 250  # ONNX Runtime batch for the test-set accuracy
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+
+@dataclass
 class RunConfig:
     name: str = "default"  # experiment name; part of the run directory
     seed: int = 0
@@ -146,7 +171,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
-    export: Any = None
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 # Keys that do not change a run's result: they are left out of the run directory's name

@@ -83,20 +83,48 @@ def count_macs(model: nn.Module, input_size: int, channels: int = 3) -> int:
     return counter.get_total_flops() // 2
 
 
+def median_ms(fn, runs: int = 50, warmup: int = 10) -> float:
+    """Median wall milliseconds of ``fn()`` over ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def measure_latency(model: nn.Module, input_size: int, batch_size: int = 1, runs: int = 50,
                     warmup: int = 10, channels_last: bool = False,
-                    dtype: torch.dtype | None = None) -> float:
-    """Median milliseconds of one eager forward pass on the CPU (eval mode, no grad)."""
+                    dtype: torch.dtype | None = None, threads: int | None = None) -> float:
+    """Median milliseconds of one eager forward pass on the CPU (eval mode, no grad).
+
+    ``threads`` fixes torch's intra-op thread count for the measurement (restored after).
+    """
     m = copy.deepcopy(model).eval().float().cpu()
     x = torch.randn(batch_size, 3, input_size, input_size)
     if channels_last:
         m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
-                                                 enabled=dtype is not None):
-        for i in range(warmup + runs):
-            t0 = time.perf_counter()
-            m(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    else:
+        m = m.to(memory_format=torch.contiguous_format)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
+                                                     enabled=dtype is not None):
+            return median_ms(lambda: m(x), runs, warmup)
+    finally:
+        torch.set_num_threads(before)
+
+
+def session_latency(session, input_size: int, batch_size: int = 1, runs: int = 50,
+                    warmup: int = 10, channels: int = 3) -> float:
+    """Median milliseconds of one ONNX Runtime run (the session fixes its own thread count)."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((batch_size, channels, input_size, input_size),
+                                                 dtype=np.float32)
+    feed = {session.get_inputs()[0].name: x}
+    return median_ms(lambda: session.run(None, feed), runs, warmup)

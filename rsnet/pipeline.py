@@ -27,7 +27,11 @@ from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.data import DataBundle, build_data
 from rsnet.distill import DistillationLoss
 from rsnet.errors import RsnetError
-from rsnet.metrics import baseline_scope_metrics, count_macs, count_params, measure_latency
+from rsnet.data.loader import BatchLoader
+from rsnet.deploy import CALIB_METHODS, export_onnx, onnx_logits, open_session, quantize_int8
+from rsnet.deploy.onnx_io import MainLogits
+from rsnet.metrics import (baseline_scope_metrics, count_macs, count_params, measure_latency,
+                           session_latency)
 from rsnet.budget import make_budget
 from rsnet.graph import analyze
 from rsnet.models import build_model, subset_head
@@ -269,11 +273,83 @@ def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
             report_ = sparsity_report(model)
             out.update({k: v for k, v in report_.items() if "/layer/" not in k})
             atomic_write_json(run_dir / "sparsity.json", report_)
-        if cfg.train.latency_runs > 0:
+        if cfg.train.latency_runs > 0 and cfg.export.name == "none":  # else: the export stage
             out["latency/torch_fp32_b1_ms"] = measure_latency(
                 model, cfg.model.input_size, runs=cfg.train.latency_runs)
         return out
     return _cached_json(run_dir / "test_metrics.json", compute)
+
+
+def _split_batches(data: DataBundle, split: str, batch_size: int):
+    """Normalised fp32 CPU batches of a split, in order, without augmentation."""
+    return (x for x, _ in BatchLoader(getattr(data, split), batch_size, data.mean, data.std))
+
+
+def stage_export(cfg: DictConfig, model, data: DataBundle, run_dir: Path) -> dict:
+    """ONNX export (export/model.onnx), verified against PyTorch fp32 on seeded test images;
+    test accuracy with ONNX Runtime; with ``export.int8`` the calibrated int8 model
+    (export/model_int8.onnx) and its accuracy and agreement; latency of PyTorch eager fp32 and
+    ONNX Runtime fp32 / int8 at ``export.latency.batch_sizes`` with a fixed thread count.
+    """
+    ex = cfg.export
+    out_dir = run_dir / "export"
+
+    def compute() -> dict:
+        net = MainLogits(copy.deepcopy(model)).float().cpu().eval().to(memory_format=torch.contiguous_format)
+        size, lat = cfg.model.input_size, ex.latency
+        # PyTorch first: ONNX Runtime's idle thread pools would compete with it
+        torch_latency = {"latency/threads": lat.threads, **{
+            f"latency/torch_fp32_b{b}_ms": measure_latency(net, size, b, lat.runs, lat.warmup,
+                                                           threads=lat.threads)
+            for b in lat.batch_sizes}}
+        meta = {"class_names": data.class_names, "misc_label": data.misc_label, "input_size": size,
+                "mean": list(data.mean), "std": list(data.std), "model": cfg.model.name,
+                "dataset": cfg.dataset.name, "run": cfg.name}
+        fp32 = export_onnx(net, out_dir / "model.onnx", size, ex.opset, ex.dynamic_batch, meta,
+                           compact=ex.compact)
+        session = open_session(fp32, ex.latency.threads)
+        # verification: PyTorch fp32 and ONNX Runtime on the same seeded test images
+        batches = calibration_batches(data.test, ex.verify_images, data.mean, data.std,
+                                      batch_size=ex.eval_batch_size, seed=cfg.seed,
+                                      setting="export.verify_images")
+        with torch.no_grad():
+            ref = torch.cat([net(x) for x, _ in batches])
+        got = onnx_logits(session, (x for x, _ in batches))
+        diff = (ref - got).abs().max().item()
+        agree = (ref.argmax(1) == got.argmax(1)).double().mean().item()
+        out = {"export/format": "onnx", "export/opset": ex.opset, "export/verify_images": len(ref),
+               "export/max_abs_diff": diff, "export/top1_agreement": agree,
+               "export/onnx_bytes": fp32.stat().st_size}
+        if diff > ex.atol or agree < ex.min_agreement:
+            fp32.unlink()
+            raise RsnetError(f"the ONNX export disagrees with PyTorch on {len(ref)} test images: max "
+                             f"|logit diff| {diff:.3g} (export.atol={ex.atol}), top-1 agreement "
+                             f"{agree:.4f} (export.min_agreement={ex.min_agreement}); the file was "
+                             f"removed. Loosen those settings only if you trust the difference")
+        fp32_test = onnx_logits(session, _split_batches(data, "test", ex.eval_batch_size))
+        out.update({f"onnx/test/{k}": v for k, v in
+                    split_metrics(fp32_test, data.test, data.misc_label).items()})
+        sessions = {"fp32": session}
+        if ex.int8:
+            calib = calibration_batches(data.train, ex.calib_images, data.mean, data.std,
+                                        batch_size=32, seed=cfg.seed, setting="export.calib_images")
+            int8 = quantize_int8(fp32, out_dir / "model_int8.onnx", [x.numpy() for x, _ in calib],
+                                 ex.calib_method, ex.per_channel, ex.compact)
+            sessions["int8"] = open_session(int8, ex.latency.threads)
+            int8_test = onnx_logits(sessions["int8"], _split_batches(data, "test", ex.eval_batch_size))
+            out.update({f"int8/test/{k}": v for k, v in
+                        split_metrics(int8_test, data.test, data.misc_label).items()})
+            out.update({"int8/top1_agreement": (int8_test.argmax(1) == fp32_test.argmax(1)).double().mean().item(),
+                        "int8/bytes": int8.stat().st_size,
+                        "int8/size_ratio": int8.stat().st_size / fp32.stat().st_size,
+                        "int8/calib_method": ex.calib_method, "int8/calib_images": ex.calib_images,
+                        "int8/per_channel": ex.per_channel})
+        for b in lat.batch_sizes:
+            for kind, sess in sessions.items():
+                out[f"latency/ort_{kind}_b{b}_ms"] = session_latency(sess, size, b, lat.runs, lat.warmup)
+        return {**out, **torch_latency}
+
+    return _cached_json(run_dir / "export_metrics.json", compute)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -283,6 +359,13 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.compression.name == "prune" and cfg.scaling.name == "none":
         raise RsnetError("compression=prune realises a width plan: set scaling=rs (or uniform, "
                          "factors, plan)")
+    if cfg.export.name not in ("none", "onnx", "int8"):
+        raise RsnetError(f"export.name={cfg.export.name!r}: use export=none, export=onnx or export=int8")
+    if cfg.export.int8 and cfg.export.calib_method not in CALIB_METHODS:
+        raise RsnetError(f"export.calib_method={cfg.export.calib_method!r}: use one of "
+                         f"{', '.join(CALIB_METHODS)}")
+    if cfg.export.name != "none" and not cfg.export.latency.batch_sizes:
+        raise RsnetError("export.latency.batch_sizes is empty: give at least one batch size, e.g. [1]")
     if cfg.train.distill.enabled and not cfg.model.checkpoint:
         raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "
                          "set model.checkpoint")
@@ -344,7 +427,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         return metrics
 
     metrics.update(stage_evaluate(cfg, model, data, rt, run_dir))
-    if last < STAGES.index("report"):  # "export" has no work until an export config exists
+    if last == STAGES.index("evaluate"):
+        return metrics
+
+    if cfg.export.name != "none":
+        metrics.update(stage_export(cfg, model, data, run_dir))
+    if last == STAGES.index("export"):
         return metrics
 
     report.write(run_dir, metrics, data, history)

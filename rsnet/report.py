@@ -45,6 +45,36 @@ ROWS = [("params", "params"), ("MACs", "macs"), ("test acc (top-1)", "test/acc")
         ("latency b1 fp32 (ms)", "latency/torch_fp32_b1_ms")]
 
 
+def deployment_lines(metrics: dict) -> list[str]:
+    """The export stage's table: PyTorch eager vs ONNX Runtime fp32 / int8 (size, accuracy, latency)."""
+    if "export/onnx_bytes" not in metrics:
+        return []
+    batches = sorted(int(k.split("_b")[1].split("_")[0]) for k in metrics
+                     if k.startswith("latency/torch_fp32_b"))
+    rows = [("PyTorch eager fp32", "torch_fp32", None, "test/acc"),
+            ("ONNX Runtime fp32", "ort_fp32", "export/onnx_bytes", "onnx/test/acc")]
+    if "int8/bytes" in metrics:
+        rows.append((f"ONNX Runtime int8 ({metrics['int8/calib_method']})", "ort_int8", "int8/bytes",
+                     "int8/test/acc"))
+    lines = ["", f"## Deployment ({metrics.get('latency/threads')} threads)", "",
+             f"ONNX opset {metrics['export/opset']}, verified on {metrics['export/verify_images']:,} "
+             f"test images: max |logit difference| {metrics['export/max_abs_diff']:.2e}, top-1 "
+             f"agreement {metrics['export/top1_agreement']:.4f}. Latency: median ms per batch. "
+             "PyTorch's test acc is the evaluate stage's (in train.precision).", "",
+             "| model | file bytes | test acc | " + " | ".join(f"batch {b} (ms)" for b in batches) + " |",
+             "|---|---:|---:|" + "---:|" * len(batches)]
+    for label, key, size, acc in rows:
+        lat = " | ".join(_fmt(metrics.get(f"latency/{key}_b{b}_ms")) for b in batches)
+        lines.append(f"| {label} | {_fmt(metrics.get(size)) if size else '-'} | "
+                     f"{_fmt(metrics.get(acc))} | {lat} |")
+    if "int8/bytes" in metrics:
+        t, q = metrics.get("latency/torch_fp32_b1_ms"), metrics.get("latency/ort_int8_b1_ms")
+        speed = f"; int8 speed-up over PyTorch eager fp32 at batch 1: {t / q:.2f}x" if t and q else ""
+        lines += ["", f"int8: {metrics['int8/size_ratio']:.3f}x the fp32 file, top-1 agreement with "
+                  f"fp32 {metrics['int8/top1_agreement']:.4f} on the test set{speed}."]
+    return lines
+
+
 def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> str:
     n, c = data.num_outputs, len(data.base_class_names)
     scope = (f"{n} outputs: {n - 1} classes + misc" if data.misc_label is not None else f"{n} classes")
@@ -81,6 +111,7 @@ def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> st
         if "plan/budget" in metrics:
             lines.append(f"- budget {metrics['plan/budget']:,.0f} {metrics['plan/budget_unit']}, "
                          f"used {metrics['plan/budget_used']:.2%}; see plan.json")
+    lines += deployment_lines(metrics)
     if history:
         lines += ["", f"## Training ({len(history)} epochs, selected epoch "
                   f"{metrics.get('val/best_epoch')} on validation)", "",

@@ -20,6 +20,7 @@ import yaml
 
 COLUMNS = {
     "prune": [("run", None), ("criterion", "prune/criterion"), ("init", "prune/init"),
+              ("KD", "cfg:train.distill.enabled"),
               ("params", "model/params"), ("MACs", "model/macs"), ("epochs", "train/epochs"),
               ("test acc", "test/acc"), ("baseline test acc", "baseline/test/acc"),
               ("train time (s)", "train/time_s")],
@@ -45,9 +46,21 @@ def run_dirs(paths: list[Path]) -> list[Path]:
 def fmt(v) -> str:
     if v is None:
         return "missing"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def lookup(m: dict, cfg: dict, key: str):
+    """A metrics.json value, or a config value for keys written "cfg:dotted.path"."""
+    if not key.startswith("cfg:"):
+        return m.get(key)
+    v = cfg
+    for part in key[4:].split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return v
 
 
 def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
@@ -59,7 +72,7 @@ def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
         if not m and kind == "prune":  # show what the missing run was meant to be
             comp = cfg.get("compression", {}) or {}
             m = {"prune/criterion": comp.get("criterion") if comp.get("name") == "prune" else "none"}
-        out.append([label] + [fmt(m.get(key)) if key else "" for _, key in COLUMNS[kind]][1:])
+        out.append([label] + [fmt(lookup(m, cfg, key)) if key else "" for _, key in COLUMNS[kind]][1:])
         if kind == "prune" and "prune/criterion" not in m:
             out[-1][1] = "none (plan built from scratch)" if "plan/policy" in m else "none (unpruned)"
             out[-1][2] = "-"

@@ -149,3 +149,48 @@ def test_pruning_to_the_plan_realises_it_and_resumes(tmp_path):
 def test_prune_without_a_plan_names_the_setting(tmp_path):
     res = run(tmp_path, *TINY, "compression=prune")
     assert res.returncode == 2 and "scaling=rs" in res.stderr
+
+
+EXPORT = ("export.verify_images=40", "export.calib_images=32", "export.latency.runs=3",
+          "export.latency.warmup=1", "export.latency.batch_sizes=[1,4]", "export.eval_batch_size=50")
+
+
+def test_export_int8_of_a_pruned_model_is_verified_measured_and_reported(tmp_path):
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "scaling=rs", "compression=prune",
+              "train.epochs=1", "train.precision=fp32", "export=int8", *EXPORT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["export/verify_images"] == 40 and m["export/top1_agreement"] == 1.0
+    assert m["export/max_abs_diff"] < 1e-3
+    assert m["export/onnx_bytes"] == (d / "export" / "model.onnx").stat().st_size
+    assert m["int8/bytes"] == (d / "export" / "model_int8.onnx").stat().st_size
+    # ONNX Runtime fp32 scores what PyTorch scored (the evaluate stage ran fp32 here)
+    assert abs(m["onnx/test/acc"] - m["test/acc"]) <= 1 / m["data/test_images"] + 1e-9
+    for kind in ("torch_fp32", "ort_fp32", "ort_int8"):
+        assert m[f"latency/{kind}_b1_ms"] > 0 and m[f"latency/{kind}_b4_ms"] > 0
+    assert {"int8/test/acc", "int8/test/acc_local", "int8/top1_agreement"} <= set(m)
+    summary = (d / "summary.md").read_text()
+    assert "## Deployment" in summary and "ONNX Runtime int8 (minmax)" in summary
+    from rsnet.deploy.classify import Classifier
+    clf = Classifier(d / "export" / "model_int8.onnx")
+    assert clf.class_names == json.loads((d / "classes.json").read_text())["class_names"]
+    assert clf.misc_label == 0 and clf.class_names[0] == "misc"
+
+
+def test_an_export_that_disagrees_fails_and_leaves_no_result(tmp_path):
+    res = run(tmp_path, *TINY, "export=onnx", "export.atol=-1", *EXPORT)
+    assert res.returncode == 2 and "export.atol" in res.stderr and "Traceback" not in res.stderr
+    d = tmp_path / "run"
+    assert not (d / "metrics.json").exists() and not (d / "export" / "model.onnx").exists()
+    assert not (d / "export_metrics.json").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["export.name=tflite"], "export.name"),
+    (["export=int8", "export.calib_method=median"], "export.calib_method"),
+])
+def test_bad_export_settings_fail_before_training(tmp_path, overrides, message):
+    res = run(tmp_path, *TINY, *overrides)
+    assert res.returncode == 2 and message in res.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

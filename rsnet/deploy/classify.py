@@ -1,0 +1,97 @@
+"""Classify image files with a model exported by rsnet (ONNX Runtime on the CPU).
+
+    rsnet-classify outputs/runs/<run>/export/model_int8.onnx photo1.jpg photo2.png --top 3
+    python -m rsnet.deploy.classify MODEL.onnx IMAGE [IMAGE ...]
+
+The model file carries its class names (the misc class, when the model has one, is named
+``misc``: "none of the classes this model was sized for"), input size and normalisation, so
+nothing else is needed. Images are decoded as in training: shorter side resized to the
+input size, centre crop, RGB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rsnet.data.sources import decode_image
+from rsnet.deploy.onnx_io import open_session, read_metadata
+from rsnet.errors import RsnetError
+
+REQUIRED = ("class_names", "input_size", "mean", "std")
+
+
+class Classifier:
+    """An exported rsnet model, ready to classify images.
+
+    >>> clf = Classifier("export/model_int8.onnx")
+    >>> clf.classify(["cat.jpg"], top=2)  # [[("cat", 0.91), ("misc", 0.05)]]
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.session = open_session(self.path, threads)
+        meta = read_metadata(self.session)
+        missing = [k for k in REQUIRED if k not in meta]
+        if missing:
+            raise RsnetError(f"{self.path} carries no rsnet metadata ({', '.join(missing)} missing): "
+                             f"use a model exported by rsnet (export=onnx or export=int8)")
+        self.class_names: list[str] = meta["class_names"]
+        self.misc_label: int | None = meta.get("misc_label")
+        self.input_size: int = int(meta["input_size"])
+        self.mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def preprocess(self, files: Sequence[str | Path]) -> np.ndarray:
+        """(n, 3, S, S) float32, normalised as in training."""
+        images = []
+        for f in files:
+            try:
+                images.append(decode_image(Path(f), self.input_size))
+            except Exception as e:  # noqa: BLE001 - PIL raises many types
+                raise RsnetError(f"cannot read image {f} ({type(e).__name__}: {e})") from e
+        x = np.stack(images).astype(np.float32) / 255.0
+        return (x - self.mean) / self.std
+
+    def probabilities(self, files: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
+        """Softmax probabilities (n, classes) for image files."""
+        out = []
+        for i in range(0, len(files), batch_size):
+            logits = self.session.run(None, {self.input_name: self.preprocess(files[i:i + batch_size])})[0]
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            out.append(e / e.sum(1, keepdims=True))
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def classify(self, files: Sequence[str | Path], top: int = 1) -> list[list[tuple[str, float]]]:
+        """Per file, the ``top`` (class name, probability) pairs, most likely first."""
+        probs = self.probabilities(files)
+        order = np.argsort(-probs, axis=1)[:, :top]
+        return [[(self.class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rsnet-classify", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="an ONNX file exported by rsnet (fp32 or int8)")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--top", type=int, default=1, help="classes to show per image")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    args = p.parse_args(argv)
+    try:
+        clf = Classifier(args.model, args.threads)
+        results = clf.classify(args.images, max(1, args.top))
+    except RsnetError as e:
+        print(f"rsnet error: {e}", file=sys.stderr)
+        return 2
+    for f, res in zip(args.images, results):
+        print(f"{f}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
