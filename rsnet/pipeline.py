@@ -251,6 +251,12 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
         log.info("stage artifact %s exists: skipping training", final)
         model.load_state_dict(load_checkpoint_file(final, "trained model")["state_dict"])
         return model, json.loads((run_dir / "history.json").read_text())
+    if cfg.train.epochs == 0:  # evaluate / export the model as it is (e.g. a pretrained one)
+        history: list[dict] = []
+        atomic_write_json(run_dir / "history.json", history)
+        atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
+                           "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
+        return model, history
     hooks = [magnitude_pruner(cfg, model, data)] if cfg.compression.sparsity.enabled else []
     distill = None
     if cfg.train.distill.enabled:

@@ -2,10 +2,16 @@
 
     python scripts/bench.py train [--models resnet20 resnet56] [--steps 40] [--out FILE]
     python scripts/bench.py plan
+    python scripts/bench.py deploy [--runs resnet56_deploy "resnet56_prune_half export=int8"]
 
 ``plan``: time of the graph analysis and of the rs solver, and the rs plans themselves, for
 the thesis's GoogLeNet (227 px, C = 1000, BN without scale) and the 64 px GoogLeNet and
 MobileNet (C = 200), lambda 0.045 and 0.25, N = 5, 10, 15, 20.
+
+``deploy``: for each run (an experiment name plus overrides), the pipeline with its export
+stage (run directories under outputs/bench/deploy/, resumed when rerun): file sizes, ONNX
+Runtime fp32 and int8 test accuracy and agreement, latency of PyTorch eager fp32 and ONNX
+Runtime fp32 / int8 at batch 1 and 32 (2 threads, median of 100 runs).
 
 ``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and for fp32 and
 bf16 + channels_last:
@@ -211,6 +217,48 @@ def bench_plan(args) -> dict:
     return {"rows": rows}
 
 
+DEPLOY_KEYS = ("model/params", "model/macs", "test/acc", "onnx/test/acc", "int8/test/acc",
+               "int8/top1_agreement", "export/max_abs_diff", "export/onnx_bytes", "int8/bytes",
+               "int8/size_ratio", "latency/threads")
+
+
+def bench_deploy(args) -> dict:
+    """The pipeline up to its export stage, per run; the deployment metrics of each."""
+    from rsnet.pipeline import run
+
+    rows = []
+    for spec in args.runs:
+        experiment, *overrides = spec.split()
+        cfg = compose_cfg(f"experiment={experiment}", "progress=false", *overrides)
+        if cfg.export.name != "int8":
+            raise SystemExit(f"bench deploy: run {spec!r} has export={cfg.export.name}; add export=int8")
+        run_dir = REPO / "outputs" / "bench" / "deploy" / "_".join(spec.split())
+        m = run(cfg, run_dir)
+        row = {"run": spec, "run_dir": str(run_dir.relative_to(REPO)),
+               **{k: m.get(k) for k in DEPLOY_KEYS},
+               **{k: v for k, v in m.items() if k.startswith("latency/") and k.endswith("_ms")}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {"rows": rows}
+
+
+def deploy_markdown(result: dict) -> str:
+    lines = ["| run | params | MACs | fp32 file (B) | int8 file (B) | int8/fp32 size | "
+             "acc ORT fp32 | acc ORT int8 | int8-fp32 agreement | batch | PyTorch fp32 (ms) | "
+             "ORT fp32 (ms) | ORT int8 (ms) | int8 vs PyTorch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        batches = sorted(int(k.split("_b")[1].split("_")[0]) for k in r if k.startswith("latency/torch_fp32_b"))
+        for i, b in enumerate(batches):
+            t, f, q = (r[f"latency/{k}_b{b}_ms"] for k in ("torch_fp32", "ort_fp32", "ort_int8"))
+            head = (f"| `{r['run']}` | {r['model/params']:,} | {r['model/macs']:,} | "
+                    f"{r['export/onnx_bytes']:,} | {r['int8/bytes']:,} | {r['int8/size_ratio']:.3f} | "
+                    f"{r['onnx/test/acc']:.4f} | {r['int8/test/acc']:.4f} | {r['int8/top1_agreement']:.4f}"
+                    if i == 0 else "| | | | | | | | |")
+            lines.append(f"{head} | {b} | {t:.2f} | {f:.2f} | {q:.2f} | {t / q:.1f}x |")
+    return "\n".join(lines)
+
+
 def plan_markdown(result: dict) -> str:
     lines = ["| model | px | C | lambda | N | factors per macro-layer | params | budget used | "
              "analyse + solve (s) |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
@@ -238,7 +286,9 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["train", "plan"], nargs="?", default="train")
+    p.add_argument("section", choices=["train", "plan", "deploy"], nargs="?", default="train")
+    p.add_argument("--runs", nargs="+", default=["resnet56_deploy", "resnet56_prune_half export=int8"],
+                   help="deploy: experiment names, each optionally followed by overrides")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=40)
@@ -250,11 +300,14 @@ def main() -> None:
     result = {"section": args.section, "machine": {"cpu_threads": torch.get_num_threads(),
               "platform": platform.platform(), "torch": torch.__version__,
               "processor": platform.processor()}, "args": {k: str(v) for k, v in vars(args).items()}}
-    result.update(bench_train(args) if args.section == "train" else bench_plan(args))
+    sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),
+                "deploy": (bench_deploy, deploy_markdown)}
+    compute, render = sections[args.section]
+    result.update(compute(args))
     args.out = args.out or REPO / "outputs" / "bench" / f"{args.section}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result) if args.section == "train" else plan_markdown(result))
+    print(render(result))
     print(f"\nwritten {args.out}")
 
 

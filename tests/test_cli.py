@@ -194,3 +194,13 @@ def test_bad_export_settings_fail_before_training(tmp_path, overrides, message):
     res = run(tmp_path, *TINY, *overrides)
     assert res.returncode == 2 and message in res.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_zero_epochs_evaluates_the_model_as_it_is(tmp_path):
+    """train.epochs=0: the (subset-headed) model is evaluated and kept untrained."""
+    res = run(tmp_path, *TINY, "train.epochs=0", "train.precision=fp32")
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["train/epochs"] == 0 and "train/images_per_s" not in m
+    assert not (d / "checkpoints" / "last.pt").exists() and (d / "checkpoints" / "model.pt").exists()

@@ -77,6 +77,16 @@ def test_export_parity_of_a_pruned_resnet(tmp_path):
     assert parity(model.eval(), tmp_path / "pruned.onnx", 32) < RTOL
 
 
+def test_export_parity_of_a_scaled_googlenet(tmp_path):
+    """A network built at a plan's (uneven) widths, as the thesis's Psi', exports exactly."""
+    import random
+
+    from test_widths import random_args
+    args = random_args("googlenet_rs", random.Random(3))
+    model = trained_looking(googlenet_rs(6, input_size=32, **args))
+    assert parity(model, tmp_path / "scaled.onnx", 32) < RTOL
+
+
 def test_export_is_one_file_with_dynamic_batch_metadata_and_no_debug_paths(tmp_path):
     path = export_onnx(trained_looking(TOYS["residual"]()), tmp_path / "m.onnx", 16, opset=18,
                        metadata={"class_names": ["misc", "a"], "input_size": 16})
