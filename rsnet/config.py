@@ -9,6 +9,7 @@ instantiated.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -181,7 +182,13 @@ NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "datas
 
 
 def _dirname(override_dirname: str) -> str:
-    return override_dirname or "defaults"
+    """A run directory's name from its overrides: one folder ("/" in a path value or a group
+    name becomes "_"), at most 200 bytes (a longer name is cut and ends in a hash of it all)."""
+    name = (override_dirname or "defaults").replace("/", "_")
+    if len(name.encode()) > 200:
+        name = name.encode()[:180].decode(errors="ignore") + "-" + \
+            hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
 
 
 def register() -> None:

@@ -1,10 +1,20 @@
-"""Tables from finished runs' metrics.json (markdown and CSV).
+"""Tables from finished runs' metrics.json (markdown and CSV; the thesis's also LaTeX and plots).
 
     python scripts/tables.py prune <run dir or sweep dir> ...   # pruning comparison
     python scripts/tables.py runs  <run dir or sweep dir> ...   # one row per run, main metrics
+    python scripts/tables.py thesis <run dir or sweep dir> ... [--out DIR]
+
+thesis: (1) per model and N, Psi (the C-way baseline on the subset, from runs given a
+model.checkpoint), Psi' by rs from scratch and carved + fine-tuned, uniform scaling at the same
+budget (and any other run): cost, local / global / raw accuracy, misc share, the constant-misc
+predictor's global accuracy, time to synthesize (plan + training); (2) compression (runs with
+export or magnitude pruning): sparsity, ONNX fp32 / int8 size, accuracy and batch-1 latency.
+--out DIR writes thesis.md, thesis.tex, thesis_{synthesis,compression}.csv and the plots
+acc_vs_params.png, acc_vs_macs.png (local accuracy, one panel per N, one series per network).
 
 A sweep directory is searched for run directories (folders holding config.yaml); a run
-without metrics.json (killed, failed or still running) shows as "missing", never as zeros.
+without metrics.json (killed, failed or still running) shows as "missing", never as zeros;
+"-" marks a value a finished run does not have (e.g. no int8 without export=int8).
 """
 
 from __future__ import annotations
@@ -53,22 +63,30 @@ def fmt(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def lookup(m: dict, cfg: dict, key: str):
-    """A metrics.json value, or a config value for keys written "cfg:dotted.path"."""
-    if not key.startswith("cfg:"):
-        return m.get(key)
+def conf(cfg: dict, dotted: str):
+    """A config value by its dotted path; None where the config has no such key."""
     v = cfg
-    for part in key[4:].split("."):
+    for part in dotted.split("."):
         v = v.get(part) if isinstance(v, dict) else None
     return v
+
+
+def lookup(m: dict, cfg: dict, key: str):
+    """A metrics.json value, or a config value for keys written "cfg:dotted.path"."""
+    return conf(cfg, key[4:]) if key.startswith("cfg:") else m.get(key)
+
+
+def load(d: Path) -> tuple[str, dict, dict]:
+    """A run's label, metrics ({} when it has not finished) and resolved config."""
+    m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    return f"{cfg.get('name', d.parent.name)}/{d.name}", m, cfg
 
 
 def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
     out = []
     for d in dirs:
-        m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
-        label = f"{cfg.get('name', d.parent.name)}/{d.name}"
+        label, m, cfg = load(d)
         if not m and kind == "prune":  # show what the missing run was meant to be
             comp = cfg.get("compression", {}) or {}
             m = {"prune/criterion": comp.get("criterion") if comp.get("name") == "prune" else "none"}
@@ -79,22 +97,167 @@ def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
     return out
 
 
+# The thesis's tables: (title, columns after model / dataset / N / network / lambda).
+THESIS = {
+    "synthesis": ("Synthesis: Psi, Psi' and uniform scaling at the same budget", [
+        ("params", "model/params"), ("MACs", "model/macs"), ("local", "test/acc_local"),
+        ("global", "test/acc_global"), ("raw", "test/acc_raw"), ("misc share", "test/misc_share"),
+        ("const. misc global", "test/const_misc_global"), ("synthesis time (s)", "synthesis/time_s")]),
+    "compression": ("Compression: sparsity and int8", [
+        ("sparsity", "sparsity/overall"), ("params", "model/params"), ("fp32 acc", "test/acc"),
+        ("ONNX fp32 bytes", "export/onnx_bytes"), ("int8 bytes", "int8/bytes"),
+        ("int8 acc", "int8/test/acc"), ("torch fp32 b1 ms", "latency/torch_fp32_b1_ms"),
+        ("ORT fp32 b1 ms", "latency/ort_fp32_b1_ms"), ("ORT int8 b1 ms", "latency/ort_int8_b1_ms")]),
+}
+THESIS_KEYS = ["model", "dataset", "N", "network", "lambda"]
+POLICY_ORDER = {"rs": 1, "uniform": 3}
+
+
+def network(cfg: dict) -> tuple[float, str]:
+    """(sort rank, name) of what a run built, from its config (a missing run has no metrics)."""
+    policy, comp = conf(cfg, "scaling.name") or "none", conf(cfg, "compression.name")
+    if policy == "none":
+        rank, name = 6, "full width, " + ("fine-tuned" if conf(cfg, "model.checkpoint") else "from scratch")
+    else:
+        rank = POLICY_ORDER.get(policy, 5) + (comp == "prune")
+        name = ("Psi' (rs)" if policy == "rs" else policy) + (
+            f", carved ({conf(cfg, 'compression.criterion')}) + fine-tuned" if comp == "prune"
+            else ", from scratch")
+    if comp == "magnitude":  # after the same network without it
+        rank += 0.5
+        name += f", magnitude-pruned {conf(cfg, 'compression.sparsity.final_sparsity')}"
+    return rank, name
+
+
+def thesis_entries(dirs: list[Path]) -> list[dict]:
+    """One entry per run, plus one Psi entry per distinct baseline evaluation on a subset."""
+    entries, psi_seen = [], set()
+    for d in dirs:
+        label, m, cfg = load(d)
+        rank, name = network(cfg)
+        common = {"model": m.get("model/name") or conf(cfg, "model.name"),
+                  "dataset": m.get("dataset/name") or conf(cfg, "dataset.name"),
+                  "N": m.get("data/num_outputs") or conf(cfg, "dataset.num_classes")}
+        scaled = conf(cfg, "scaling.name") not in (None, "none")
+        thesis_rule = conf(cfg, "scaling.budget.rule") in ("thesis", "thesis_alt")
+        lam = conf(cfg, "scaling.budget.lam") if scaled and thesis_rule else None
+        if "train/time_s" in m:
+            m = {**m, "synthesis/time_s": m.get("plan/time_s", 0.0) + m["train/time_s"]}
+        compressed = conf(cfg, "export.name") not in (None, "none") or \
+            conf(cfg, "compression.name") == "magnitude"
+        entries.append({**common, "network": name, "rank": rank, "lambda": lam, "m": m, "run": label,
+                        "tables": ["synthesis", "compression"] if compressed else ["synthesis"]})
+        if "baseline/test/acc_local" in m:
+            psi = {"model/params": m.get("baseline/params"), "model/macs": m.get("baseline/macs"),
+                   **{f"test/{k}": m.get(f"baseline/test/{k}") for k in
+                      ("acc_local", "acc_global", "acc_raw", "misc_share", "const_misc_global")}}
+            key = (common["model"], common["dataset"], common["N"], json.dumps(psi, sort_keys=True))
+            if key not in psi_seen:
+                psi_seen.add(key)
+                entries.append({**common, "network": "Psi (C-way baseline)", "rank": 0, "lambda": None,
+                                "m": psi, "run": label, "tables": ["synthesis"]})
+    return sorted(entries, key=lambda e: (str(e["model"]), str(e["dataset"]),
+                                          e["N"] if isinstance(e["N"], int) else 10**9,
+                                          e["rank"], e["lambda"] or 0, e["run"]))
+
+
+def thesis_table(entries: list[dict], table: str) -> tuple[list[str], list[list[str]]]:
+    columns = THESIS[table][1]
+    header = THESIS_KEYS + [c for c, _ in columns] + ["run"]
+    out = []
+    for e in entries:
+        if table not in e["tables"]:
+            continue
+        m = e["m"]
+        values = ["missing" if not m else "-" if m.get(key) is None else fmt(m[key]) for _, key in columns]
+        out.append([fmt(e[k]) if e[k] is not None else "-" for k in THESIS_KEYS] + values + [e["run"]])
+    return header, out
+
+
+def markdown(header: list[str], table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table]) + "\n"
+
+
+TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+       "{": r"\{", "}": r"\}", "~": r"\~{}", "^": r"\^{}"}
+
+
+def latex(header: list[str], table: list[list[str]]) -> str:
+    """A booktabs tabular: text columns left, numbers right."""
+    def row(cells: list[str]) -> str:
+        return " & ".join("".join(TEX.get(ch, ch) for ch in c) for c in cells) + r" \\"
+    numbers = len(header) - len(THESIS_KEYS) - 1
+    return "\n".join([r"\begin{tabular}{" + "l" * len(THESIS_KEYS) + "r" * numbers + "l}", r"\toprule",
+                      row(header), r"\midrule", *map(row, table), r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def write_csv(path: Path, header: list[str], table: list[list[str]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header] + table)
+    path.write_text(buf.getvalue())
+
+
+def plot(entries: list[dict], key: str, xlabel: str, path: Path) -> None:
+    """Local accuracy vs cost, one panel per N, one series per model and network (log x)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [e for e in entries if isinstance(e["m"].get(key), (int, float))
+              and isinstance(e["m"].get("test/acc_local"), (int, float))]
+    ns = sorted({e["N"] for e in points}, key=lambda n: n if isinstance(n, int) else 10**9) or ["-"]
+    names = sorted({f"{e['model']}: {e['network']}" for e in points})
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.5 * len(ns), 3.5 + 0.2 * len(names)),
+                             squeeze=False, layout="constrained")
+    for ax, n in zip(axes[0], ns):
+        for i, name in enumerate(names):
+            xy = sorted((e["m"][key], e["m"]["test/acc_local"]) for e in points
+                        if e["N"] == n and f"{e['model']}: {e['network']}" == name)
+            if xy:
+                ax.plot(*zip(*xy), marker="o", color=f"C{i % 10}", label=name)
+        ax.set(xscale="log", xlabel=xlabel, ylabel="local accuracy", title=f"N = {n}")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o", label=n) for i, n in enumerate(names)]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def thesis(paths: list[Path], out: Path | None) -> None:
+    entries = thesis_entries(run_dirs(paths))
+    md, tex = [], []
+    for table, (title, _) in THESIS.items():
+        header, body = thesis_table(entries, table)
+        md.append(f"## {title}\n\n" + markdown(header, body))
+        tex.append(f"% {title}\n" + latex(header, body))
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            write_csv(out / f"thesis_{table}.csv", header, body)
+    print("\n".join(md))
+    if out:
+        (out / "thesis.md").write_text("\n".join(md))
+        (out / "thesis.tex").write_text("\n".join(tex))
+        plot(entries, "model/params", "parameters", out / "acc_vs_params.png")
+        plot(entries, "model/macs", "MACs", out / "acc_vs_macs.png")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS))
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["thesis"])
     p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--csv", type=Path, help="also write the table as CSV")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs)")
+    p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here")
     args = p.parse_args()
+    if args.kind == "thesis":
+        thesis(args.paths, args.out)
+        return
     header = [c for c, _ in COLUMNS[args.kind]]
     table = rows(args.kind, run_dirs(args.paths))
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in table:
-        print("| " + " | ".join(r) + " |")
+    print(markdown(header, table), end="")
     if args.csv:
-        buf = io.StringIO()
-        csv.writer(buf).writerows([header] + table)
-        args.csv.write_text(buf.getvalue())
+        write_csv(args.csv, header, table)
 
 
 if __name__ == "__main__":

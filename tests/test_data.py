@@ -209,3 +209,27 @@ def test_a_corrupt_image_in_a_folder_names_the_file(tmp_path):
                         root=str(tmp_path), cache_dir=str(tmp_path / "c"))
     with pytest.raises(RsnetError, match="1.jpg"):
         build_data(cfg)
+
+
+def _raw(value: int):
+    from rsnet.data.sources import RawDataset, RawSplit
+    split = RawSplit(torch.full((2, 3, 4, 4), value, dtype=torch.uint8), torch.tensor([0, 1]))
+    return RawDataset(split, split, ["a", "b"])
+
+
+def test_cache_survives_a_parallel_job_and_replaces_a_corrupt_one(tmp_path):
+    from rsnet.data.sources import cached
+    calls = []
+
+    def build_while_another_job_finishes():  # a sweep's parallel job caches the same data first
+        calls.append(1)
+        cached("k", lambda: _raw(7), tmp_path)
+        return _raw(7)
+
+    assert cached("k", build_while_another_job_finishes, tmp_path).train.images[0, 0, 0, 0] == 7
+    assert cached("k", lambda: pytest.fail("decoded again"), tmp_path).class_names == ["a", "b"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    (folder,) = [p for p in tmp_path.iterdir()]
+    (folder / "train_images.npy").write_bytes(b"garbage")
+    assert cached("k", lambda: _raw(9), tmp_path).train.images[0, 0, 0, 0] == 9
+    assert cached("k", lambda: pytest.fail("decoded again"), tmp_path).train.images[0, 0, 0, 0] == 9

@@ -102,10 +102,12 @@ def cached(key: str, build, cache_dir: Path) -> RawDataset:
     """Return the dataset cached under ``key``, building (decoding) it on a miss.
 
     The cache is written to a temporary folder and renamed, so a killed decode leaves
-    nothing that could be mistaken for a finished cache.
+    nothing that could be mistaken for a finished cache; parallel jobs decoding the same
+    dataset (a sweep) each write their own copy and the first rename wins.
     """
     digest = hashlib.sha1(f"{CACHE_VERSION}:{key}".encode()).hexdigest()[:16]
     folder = cache_dir / digest
+    unreadable = False
     if (folder / "meta.json").exists():
         try:
             meta = json.loads((folder / "meta.json").read_text())
@@ -117,6 +119,7 @@ def cached(key: str, build, cache_dir: Path) -> RawDataset:
             return RawDataset(splits["train"], splits["test"], meta["class_names"])
         except (OSError, ValueError, KeyError) as e:
             log.warning("cache %s unreadable (%s); decoding again", folder, e)
+            unreadable = True
     raw = build()
     tmp = cache_dir / f".{digest}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,9 +129,15 @@ def cached(key: str, build, cache_dir: Path) -> RawDataset:
         np.save(tmp / f"{s}_images.npy", split.images.numpy())
         np.save(tmp / f"{s}_labels.npy", split.labels.numpy())
     (tmp / "meta.json").write_text(json.dumps({"key": key, "class_names": raw.class_names}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    log.info("cached decoded images in %s", folder)
+    if unreadable or not (folder / "meta.json").exists():  # else a parallel job just made it
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+            log.info("cached decoded images in %s", folder)
+        except OSError:  # a parallel job (a sweep) renamed its copy in between: keep that one
+            if not (folder / "meta.json").exists():
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
     return raw
 
 
