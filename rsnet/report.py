@@ -45,6 +45,10 @@ ROWS = [("params", "params"), ("MACs", "macs"), ("test acc (top-1)", "test/acc")
         ("latency b1 fp32 (ms)", "latency/torch_fp32_b1_ms")]
 
 
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def deployment_lines(metrics: dict) -> list[str]:
     """The export stage's table: PyTorch eager vs ONNX Runtime fp32 / int8 (size, accuracy, latency)."""
     if "export/onnx_bytes" not in metrics:
@@ -64,7 +68,7 @@ def deployment_lines(metrics: dict) -> list[str]:
              "| model | file bytes | test acc | " + " | ".join(f"batch {b} (ms)" for b in batches) + " |",
              "|---|---:|---:|" + "---:|" * len(batches)]
     for label, key, size, acc in rows:
-        lat = " | ".join(_fmt(metrics.get(f"latency/{key}_b{b}_ms")) for b in batches)
+        lat = " | ".join(_ms(metrics.get(f"latency/{key}_b{b}_ms")) for b in batches)
         lines.append(f"| {label} | {_fmt(metrics.get(size)) if size else '-'} | "
                      f"{_fmt(metrics.get(acc))} | {lat} |")
     if "int8/bytes" in metrics:
