@@ -253,21 +253,23 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
         return model, json.loads((run_dir / "history.json").read_text())
     if cfg.train.epochs == 0:  # evaluate / export the model as it is (e.g. a pretrained one)
         history: list[dict] = []
-        atomic_write_json(run_dir / "history.json", history)
-        atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
-                           "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
-        return model, history
+    else:
+        history = _fit(cfg, model, data, rt, run_dir, teacher)
+    atomic_write_json(run_dir / "history.json", history)
+    atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
+                       "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
+    return model, history
+
+
+def _fit(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path,
+         teacher: torch.nn.Module | None) -> list[dict]:
     hooks = [magnitude_pruner(cfg, model, data)] if cfg.compression.sparsity.enabled else []
     distill = None
     if cfg.train.distill.enabled:
         d = cfg.train.distill  # a teacher exists: see check_settings
         distill = DistillationLoss(rt.prepare(teacher), d.temperature, d.alpha, data.subset)
-    history = fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, distill=distill,
-                  hooks=hooks)
-    atomic_write_json(run_dir / "history.json", history)
-    atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
-                       "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
-    return model, history
+    return fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, distill=distill,
+               hooks=hooks)
 
 
 def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path) -> dict:

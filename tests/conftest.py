@@ -63,3 +63,14 @@ THESIS_WIDTHS = {  # widths of the thesis's N = 5 plan
 TINY = ["dataset=synthetic", "dataset.source.size=16", "model=resnet_cifar", "model.arch.depth=8",
         "model.arch.stage_widths=[4,8,16]", "model.input_size=16", "train.batch_size=32",
         "train.epochs=2", "train.latency_runs=3", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small forwards gain nothing from threads and crawl when another job loads the CPU:
+    modules that run many of them use ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,12 +31,7 @@ from test_prune import TOYS, half, trained_looking
 RTOL = 1e-4  # fp32 ONNX Runtime vs PyTorch (BN folded: float reassociation), relative to max |logit|
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def parity(model: torch.nn.Module, path: Path, size: int, batch_sizes=(1, 5)) -> float:

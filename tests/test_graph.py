@@ -30,13 +30,7 @@ from conftest import THESIS_WIDTHS
 INCEPTIONS = ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-1 forwards gain nothing from threads and crawl when another job loads the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def layer_widths(graph: ModelGraph, model: nn.Module) -> dict[str, int]:

@@ -32,13 +32,7 @@ from rsnet.prune.groups import build_graph
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small forwards gain nothing from threads and crawl when another job loads the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- toy models (BN + ReLU after every conv) -----------------------------------------------
