@@ -171,3 +171,25 @@ def test_the_submitit_local_launcher_runs_a_sweep(tmp_path):
     assert len(list((tmp_path / "sweep").glob("dataset.num_classes=3,*/metrics.json"))) == 1
     jobs = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["jobs"]
     assert [j["status"] for j in jobs] == ["done"]
+
+
+def test_a_released_fp16_checkpoint_reloads_as_the_baseline(tmp_path):
+    """scripts/release_checkpoint.py halves a finished run's weights; loading the file back as
+    model.checkpoint evaluates the same model (fp16 rounding aside) on the same test set."""
+    res = run(tmp_path, *FAST, "dataset.num_classes=null", run_dir=tmp_path / "run")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "ckpts"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "release_checkpoint.py"), tmp_path / "run",
+                    "tiny.pt", "--command", "python scripts/run.py tiny", "--out-dir", out], check=True,
+                   capture_output=True)
+    saved = torch.load(out / "tiny.pt")
+    floats = [v for v in saved["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["meta"]["test/acc"] == trained["test/acc"]
+    assert "| `tiny.pt` | resnet_cifar |" in (out / "README.md").read_text()
+    res = run(tmp_path, *FAST, "dataset.num_classes=null", f"model.checkpoint={out / 'tiny.pt'}",
+              "stop_after=baseline", run_dir=tmp_path / "reload")
+    assert res.returncode == 0, res.stderr[-2000:]
+    reloaded = json.loads((tmp_path / "reload" / "baseline_metrics.json").read_text())
+    assert abs(reloaded["baseline/test/acc"] - trained["test/acc"]) <= 0.02

@@ -43,12 +43,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def resolve_checkpoint(name: str) -> Path:
-    """An existing path as given, else ``name`` under $RSNET_MODELS, ./models, ../shared/models."""
+    """An existing path as given, else ``name`` under $RSNET_MODELS, ./models, the repository's
+    checkpoints/ (rsnet's released fp16 weights) and ../shared/models."""
     path = Path(name).expanduser()
     if path.is_file():
         return path
     places = [Path(p) for p in (os.environ.get("RSNET_MODELS"),) if p]
-    places += [Path("models"), REPO_ROOT.parent / "shared" / "models"]
+    places += [Path("models"), REPO_ROOT / "checkpoints", REPO_ROOT.parent / "shared" / "models"]
     for folder in places:
         if (folder / name).is_file():
             return folder / name
