@@ -12,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE_EPOCHS=${BASE_EPOCHS:-4}
-EPOCHS=${EPOCHS:-8}
-FT_EPOCHS=${FT_EPOCHS:-4}
+EPOCHS=${EPOCHS:-5}
+FT_EPOCHS=${FT_EPOCHS:-3}
 NS=${NS:-5,10,15,20}
 MODELS=${MODELS:-"googlenet mobilenet"}
 declare -A ARCH=([googlenet]=googlenet_rs [mobilenet]=mobilenet_v1)
