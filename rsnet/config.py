@@ -74,8 +74,12 @@ class TrainConfig:
     loss: Any = None
     precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     threads: Optional[int] = None  # torch intra-op threads; None leaves torch's default
+    # Under torchrun (WORLD_SIZE > 1): batch_size is the global batch, split among the processes.
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on the CPU) | nccl | gloo
+    dist_timeout_min: float = 30.0  # how long a rank waits for the others (e.g. while rank 0 evaluates)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     aux_weight: float = 0.3  # weight of an auxiliary head's loss (GoogLeNet)
     select_on: str = "val/acc"  # validation metric for best-epoch selection (higher is better)
     latency_runs: int = 50  # timed runs for the CPU latency measurement (0 skips it)
@@ -125,14 +129,42 @@ class SparsityConfig:
 
 
 @dataclass
+class NetAdaptConfig:
+    """NetAdapt (Yang et al. 2018): iterative, resource-driven pruning (compression=netadapt)."""
+
+    resource: str = "latency"  # latency (ONNX Runtime lookup table, ms) | macs | params
+    target_ratio: float = 0.75  # stop at this fraction of the starting resource ...
+    target_ms: Optional[float] = None  # ... or at this latency (resource=latency; overrides the ratio)
+    init_reduction: float = 0.025  # first step's reduction, a fraction of the starting resource
+    decay: float = 0.96  # the reduction shrinks by this factor per step
+    max_steps: int = 100  # an error when the target needs more steps
+    short_term_iters: int = 200  # optimizer steps of short-term fine-tuning per proposal (0: none)
+    short_term_lr: float = 0.001  # learning rate of short-term fine-tuning (train.optimizer)
+    lut_runs: int = 50  # timed ONNX Runtime runs per lookup-table entry (the fastest is kept)
+    measure_runs: int = 100  # timed runs of the whole-model latency measurements
+
+
+@dataclass
+class MorphNetConfig:
+    """MorphNet (Gordon et al. 2018): shrink with a gamma penalty, expand to the budget."""
+
+    epochs: int = 3  # sparsifying training epochs (train.* settings otherwise)
+    strength: float = 0.02  # lambda of the penalty (mean channel weight 1)
+    cost: str = "macs"  # macs (FLOP regulariser) | params | none (plain L1 on gamma)
+    threshold: float = 1.0e-2  # a channel is alive while its grouped |gamma| exceeds this
+
+
+@dataclass
 class CompressionConfig:
-    name: str = "none"  # none | prune (carve the plan out of the trained baseline) | magnitude
+    name: str = "none"  # none | prune (carve the plan out of the trained baseline) | magnitude | netadapt | morphnet
     criterion: str = "l1"  # filter importance for prune: l1 l2 bn_scale taylor hrank apoz mean_activation fisher random
     init: str = "inherit"  # inherit the surviving filters' weights, or "scratch": re-initialise them
     steps: int = 1  # reach the plan in this many pruning steps ...
     step_epochs: int = 1  # ... with this many fine-tuning epochs between them
     calib_images: int = 256  # seeded training images for data-driven criteria
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    netadapt: NetAdaptConfig = field(default_factory=NetAdaptConfig)
+    morphnet: MorphNetConfig = field(default_factory=MorphNetConfig)
 
 
 @dataclass
@@ -178,7 +210,8 @@ class RunConfig:
 # Keys that do not change a run's result: they are left out of the run directory's name
 # and of the config fingerprint that decides whether a run directory can be resumed.
 NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "dataset.cache_dir",
-                   "train.device", "train.threads", "train.latency_runs")
+                   "train.device", "train.threads", "train.latency_runs", "train.dist_backend",
+                   "train.dist_timeout_min")
 
 
 def _dirname(override_dirname: str) -> str:

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rsnet import progress, report
+from rsnet import distributed, progress, report
 from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.data import DataBundle, build_data
 from rsnet.distill import DistillationLoss
@@ -41,6 +42,7 @@ from rsnet.prune import (DATA_DRIVEN, calibration_batches, current_widths, load_
                          prune_to_widths, reinitialize, save_pruned, width_schedule)
 from rsnet.prune.groups import train_only_layers
 from rsnet.scaling import Scaler, WidthRule
+from rsnet.search import SEARCH_METHODS, check_search_settings, stage_search
 from rsnet.sparsity import MagnitudePruner, sparsity_report
 from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
 from rsnet.utils import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint_file
@@ -120,8 +122,9 @@ def stage_plan(cfg: DictConfig, baseline: torch.nn.Module, data: DataBundle, run
     t0 = time.perf_counter()
     sc = cfg.scaling
     arch = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), data.num_outputs)
+    # a plan realised by pruning keeps what the pruner cannot select channels through (shuffles)
     graph = analyze(arch, cfg.model.input_size, fixed=list(sc.fixed), tie=[list(t) for t in sc.tie],
-                    leaf_modules=list(sc.leaf_modules))
+                    leaf_modules=list(sc.leaf_modules), prunable=cfg.compression.name == "prune")
     atomic_write_json(run_dir / "groups.json", describe_graph(graph))
     base_cost = {"params": count_params(baseline), "macs": count_macs(baseline, cfg.model.input_size)}
     num_base = sc.budget.num_base_classes or len(data.base_class_names)
@@ -247,17 +250,20 @@ def stage_train(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: 
     elif plan is None and data.subset is not None:  # an untrained baseline has no rows worth keeping
         subset_head(model, data.subset, cfg.model.head if cfg.model.checkpoint else "reset")
     model = rt.prepare(model)
-    if final.exists():
+    if distributed.on_main(final.exists, rt.dist):  # under torchrun rank 0 decides for all ranks
         log.info("stage artifact %s exists: skipping training", final)
+        if not rt.dist.is_main:
+            return model, []
         model.load_state_dict(load_checkpoint_file(final, "trained model")["state_dict"])
         return model, json.loads((run_dir / "history.json").read_text())
     if cfg.train.epochs == 0:  # evaluate / export the model as it is (e.g. a pretrained one)
         history: list[dict] = []
     else:
         history = _fit(cfg, model, data, rt, run_dir, teacher)
-    atomic_write_json(run_dir / "history.json", history)
-    atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
-                       "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
+    if rt.dist.is_main:
+        atomic_write_json(run_dir / "history.json", history)
+        atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
+                           "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
     return model, history
 
 
@@ -362,8 +368,10 @@ def stage_export(cfg: DictConfig, model, data: DataBundle, run_dir: Path) -> dic
 
 def check_settings(cfg: DictConfig) -> None:
     """Combinations that cannot work, reported before any expensive stage runs."""
-    if cfg.compression.name not in ("none", "prune", "magnitude"):
-        raise RsnetError(f"compression.name={cfg.compression.name!r}: use none, prune or magnitude")
+    if cfg.compression.name not in ("none", "prune", "magnitude", *SEARCH_METHODS):
+        raise RsnetError(f"compression.name={cfg.compression.name!r}: use none, prune, magnitude, "
+                         f"netadapt or morphnet")
+    check_search_settings(cfg)
     if cfg.compression.name == "prune" and cfg.scaling.name == "none":
         raise RsnetError("compression=prune realises a width plan: set scaling=rs (or uniform, "
                          "factors, plan)")
@@ -379,6 +387,14 @@ def check_settings(cfg: DictConfig) -> None:
                          "set model.checkpoint")
 
 
+def _from_rank0(make: Callable[[], torch.nn.Module], rt: Runtime) -> torch.nn.Module:
+    """A model that rank 0 of a torchrun job makes alone (e.g. pruning, fine-tuning steps
+    included, in one process); the other ranks wait and receive a copy. One process: make()."""
+    if not rt.dist.enabled:
+        return make()
+    return distributed.on_main(lambda: make().cpu(), rt.dist)  # pickled: CPU tensors
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Run the pipeline up to ``cfg.stop_after``; returns the metrics gathered so far."""
     if run_dir is None:
@@ -389,13 +405,16 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     last = STAGES.index(cfg.stop_after)
     check_settings(cfg)
     torch.manual_seed(cfg.seed)
-    progress.set_enabled(cfg.progress)
-    prepare_run_dir(cfg, run_dir)
-    rt = resolve_runtime(cfg.train)
+    rt = resolve_runtime(cfg.train)  # under torchrun: joins the job's process group
+    main = rt.dist.is_main  # in a torchrun job only rank 0 reads and writes the run directory
+    progress.set_enabled(cfg.progress and main)
+    if main:
+        prepare_run_dir(cfg, run_dir)
     metrics: dict = {"run/name": cfg.name, "model/name": cfg.model.name, "dataset/name": cfg.dataset.name}
 
     data = build_data(cfg.dataset)
-    atomic_write_json(run_dir / "classes.json", data.describe())
+    if main:
+        atomic_write_json(run_dir / "classes.json", data.describe())
     metrics.update({"data/num_outputs": data.num_outputs,
                     **{f"data/{s}_images": len(getattr(data, s)) for s in ("train", "val", "test")}})
     if data.subset is not None:
@@ -409,12 +428,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if last == STAGES.index("model"):
         return metrics
 
-    if cfg.model.checkpoint:
-        metrics.update(stage_baseline(cfg, model, data, rt, run_dir))
+    if cfg.model.checkpoint and main:
+        metrics.update(stage_baseline(cfg, model, data, rt.local(), run_dir))
     if last == STAGES.index("baseline"):
         return metrics
 
-    plan = stage_plan(cfg, model, data, run_dir)
+    plan = distributed.on_main(lambda: stage_plan(cfg, model, data, run_dir), rt.dist)
     if plan is not None:
         metrics.update(plan_metrics(plan))
     if last == STAGES.index("plan"):
@@ -423,13 +442,19 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     teacher = copy.deepcopy(model) if cfg.train.distill.enabled and cfg.model.checkpoint else None
     pruned = cfg.compression.name == "prune"
     if pruned:
-        model = stage_prune(cfg, model, data, rt, run_dir, plan)  # plan: see check_settings
+        model = _from_rank0(lambda: stage_prune(cfg, model, data, rt.local(), run_dir, plan), rt)
         metrics.update({"prune/criterion": cfg.compression.criterion, "prune/init": cfg.compression.init,
                         "prune/steps": cfg.compression.steps})
+    elif cfg.compression.name in SEARCH_METHODS:  # netadapt / morphnet: plan and prune in one
+        model, plan, found = stage_search(cfg, model, data, rt, run_dir)
+        metrics.update({**plan_metrics(plan), **found})
+        pruned = True
     if last == STAGES.index("prune"):
         return metrics
 
     model, history = stage_train(cfg, model, data, rt, run_dir, plan, teacher, pruned)
+    if not main:  # evaluation, export and the report are rank 0's alone
+        return metrics
     metrics.update(report.history_metrics(history, cfg.train.select_on))
     if last == STAGES.index("train"):
         return metrics

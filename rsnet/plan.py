@@ -16,6 +16,7 @@ class MicroWidth:
     macro: int | None  # index of its macro-layer (None: fixed, e.g. the classifier)
     base_width: int
     width: int
+    fixed: str | None = None  # why the width cannot change (rsnet.graph), None if it can
 
 
 @dataclass
@@ -44,6 +45,11 @@ class WidthPlan:
         """Module name -> width, for every micro-layer."""
         return {m.name: m.width for m in self.micro}
 
+    def held(self) -> list[MicroWidth]:
+        """Layers the plan leaves at full width because the analysis cannot change them
+        (e.g. a Gunn2D layer's segments, a channel shuffle), the classifier left out."""
+        return [m for m in self.micro if m.fixed and m.macro is not None]
+
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))
 
@@ -70,6 +76,10 @@ class WidthPlan:
         p, b = self.predicted, self.baseline
         lines = [f"WidthPlan `{self.policy}` for {self.model} ({self.num_outputs} outputs, "
                  f"{self.input_size} px)", ""] + rows + [""]
+        held = self.held()
+        if held:
+            lines.append(f"full width (cannot be scaled): {len(held)} layers, e.g. "
+                         + "; ".join(f"{m.name} ({m.fixed})" for m in held[:3]))
         lines.append(f"params {p['params']:,} (baseline {b['params']:,}, x{p['params'] / b['params']:.3f}); "
                      f"MACs {p['macs']:,} (baseline {b['macs']:,}, x{p['macs'] / b['macs']:.3f})")
         if self.budget:

@@ -81,7 +81,13 @@ class Scaler:
             raise RsnetError(f"the widths cannot be built: {'; '.join(problems[:3])}")
         params, macs = g.cost(widths)
         layer = g.layer_widths(widths)
-        micro = [MicroWidth(m.name, m.macro, m.base_width, int(layer[m.name])) for m in g.micro]
+        micro = [MicroWidth(m.name, m.macro, m.base_width, int(layer[m.name]), m.fixed)
+                 for m in g.micro]
+        held = [m for m in micro if m.fixed and m.macro is not None]
+        if held:
+            log.info("the plan leaves %d layers at full width (MicroWidth.fixed in plan.json "
+                     "says why), e.g. %s", len(held),
+                     "; ".join(f"{m.name}: {m.fixed}" for m in held[:3]))
         macro = []
         for i, m in enumerate(g.macros):
             out = int(g.out_width(i, widths))

@@ -5,6 +5,16 @@ called again: the data order, the augmentation and the global RNG of epoch e dep
 on (seed, e), so a run killed and resumed ends with the same weights and metrics as an
 uninterrupted one (on CPU). The best epoch on the validation split is kept in
 ``ckpt_dir/best.pt``; ``fit`` returns with those weights loaded.
+
+Precision (``train.precision``): ``fp32``; ``bf16`` autocast on the CPU or CUDA; ``fp16``
+autocast on CUDA with a ``torch.amp.GradScaler`` (loss scaling against fp16 gradient
+underflow), whose state is saved in and restored from ``last.pt``.
+
+Under torchrun (WORLD_SIZE > 1) ``fit`` trains with DistributedDataParallel: each rank takes
+its slice of every global batch of ``train.batch_size`` images (see BatchLoader), gradients
+are averaged, BatchNorm statistics are averaged at the end of every epoch (or synchronised
+every step with ``train.sync_bn``), validation is split among the ranks and gathered, and
+rank 0 alone writes the checkpoints; all ranks end with the same weights and history.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -22,10 +32,12 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from rsnet import distributed
 from rsnet.config import TrainConfig
 from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader, Split
 from rsnet.distill import DistillationLoss
+from rsnet.distributed import DistInfo
 from rsnet.errors import RsnetError
 from rsnet.progress import bar
 from rsnet.metrics import scope_metrics, topk_accuracy
@@ -36,11 +48,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """Where and how tensors run: device, autocast dtype (None = fp32), memory format."""
+    """Where and how tensors run: device, autocast dtype (None = fp32), memory format, and
+    this process's place in a torchrun job (``dist``; one process by default)."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    dist: DistInfo = DistInfo()
+    sync_bn: bool = False  # SyncBatchNorm in data-parallel training
+
+    def local(self) -> Runtime:
+        """The same device and precision for work one process does alone (no DDP)."""
+        return replace(self, dist=DistInfo(), sync_bn=False)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -53,18 +72,65 @@ class Runtime:
 
 
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
+    """Device, precision and memory format from the train settings. Under torchrun
+    (WORLD_SIZE > 1) it also joins the job's process group, each rank on cuda:LOCAL_RANK."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    info = distributed.from_env()
+    try:
+        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                              else "cpu" if cfg.device == "auto" else cfg.device)
+    except RuntimeError as e:
+        raise RsnetError(f"train.device={cfg.device!r}: use auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RsnetError(f"train.device={cfg.device} but CUDA is not available; use train.device=cpu")
+    if device.type == "cuda" and info.enabled:
+        device = _rank_gpu(cfg, info)
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if cfg.precision not in dtypes:
         raise RsnetError(f"train.precision={cfg.precision!r}: use one of {list(dtypes)}")
     if cfg.precision == "fp16" and device.type != "cuda":
-        raise RsnetError("train.precision=fp16 needs CUDA; use bf16 on the CPU")
-    return Runtime(device, dtypes[cfg.precision], cfg.channels_last)
+        raise RsnetError(f"train.precision=fp16 needs a CUDA device (train.device={cfg.device} "
+                         f"resolved to {device}); use train.precision=bf16 or fp32 on the CPU")
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RsnetError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no "
+                         f"bfloat16 support; use train.precision=fp16 (or fp32)")
+    if info.enabled:
+        _check_distributed(cfg, info, device)
+        backend = cfg.dist_backend if cfg.dist_backend != "auto" else \
+            "nccl" if device.type == "cuda" else "gloo"
+        distributed.init(info, backend, device, cfg.dist_timeout_min)
+    return Runtime(device, dtypes[cfg.precision], cfg.channels_last, info, cfg.sync_bn)
+
+
+def _rank_gpu(cfg: TrainConfig, info: DistInfo) -> torch.device:
+    """cuda:LOCAL_RANK, the GPU torchrun gave this process."""
+    if cfg.device not in ("auto", "cuda"):
+        raise RsnetError(f"train.device={cfg.device}: under torchrun every process uses the GPU "
+                         f"of its LOCAL_RANK; use train.device=cuda (or auto)")
+    if info.local_rank >= torch.cuda.device_count():
+        raise RsnetError(f"LOCAL_RANK={info.local_rank} but {torch.cuda.device_count()} GPUs are "
+                         f"visible: start at most that many processes per node "
+                         f"(torchrun --nproc_per_node)")
+    device = torch.device("cuda", info.local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def _check_distributed(cfg: TrainConfig, info: DistInfo, device: torch.device) -> None:
+    """Settings that cannot work with WORLD_SIZE processes."""
+    if cfg.dist_backend not in ("auto", "nccl", "gloo"):
+        raise RsnetError(f"train.dist_backend={cfg.dist_backend!r}: use auto, nccl or gloo")
+    if cfg.dist_backend == "nccl" and device.type != "cuda":
+        raise RsnetError("train.dist_backend=nccl needs CUDA devices; use train.dist_backend=gloo "
+                         "(or auto) on the CPU")
+    if cfg.sync_bn and device.type != "cuda":
+        raise RsnetError("train.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on "
+                         "the CPU); use train.sync_bn=false")
+    if cfg.batch_size % info.world_size:
+        raise RsnetError(f"train.batch_size={cfg.batch_size} is the global batch, split among "
+                         f"WORLD_SIZE={info.world_size} processes: make it a multiple of "
+                         f"{info.world_size}")
 
 
 def main_logits(output: torch.Tensor | tuple) -> torch.Tensor:
@@ -74,11 +140,16 @@ def main_logits(output: torch.Tensor | tuple) -> torch.Tensor:
 
 def make_loader(split: Split, data: DataBundle, batch_size: int, rt: Runtime, train: bool,
                 seed: int = 0) -> BatchLoader:
+    """Batches of a split; a training loader gives each rank its slice of every global batch."""
     aug = data.augment
+    rank, world = (rt.dist.rank, rt.dist.world_size) if train else (0, 1)
+    if train and len(split) < world:
+        raise RsnetError(f"{len(split)} training images cannot be shared by {world} processes")
     return BatchLoader(split, batch_size, data.mean, data.std, shuffle=train,
                        crop_padding=aug.crop_padding if train else 0, flip=aug.flip and train,
                        drop_last=train and len(split) > batch_size, seed=seed,
-                       channels_last=rt.channels_last, device=rt.device)
+                       channels_last=rt.channels_last, device=rt.device, rank=rank,
+                       world_size=world)
 
 
 @torch.no_grad()
@@ -94,6 +165,19 @@ def predict(model: nn.Module, split: Split, data: DataBundle, rt: Runtime, batch
             out.append(main_logits(model(x)).float().cpu())
     model.train(was_training)
     return torch.cat(out)
+
+
+def predict_sharded(model: nn.Module, split: Split, data: DataBundle, rt: Runtime,
+                    batch_size: int, desc: str = "eval") -> torch.Tensor:
+    """:func:`predict` with the split shared among the ranks of a data-parallel run; every
+    rank gets all the logits, in the split's order. One process: :func:`predict` itself."""
+    if not rt.dist.enabled:
+        return predict(model, split, data, rt, batch_size, desc)
+    n, world, rank = len(split), rt.dist.world_size, rt.dist.rank
+    part = slice(rank * n // world, (rank + 1) * n // world)
+    shard = Split(split.images[part], split.targets[part], split.orig_labels[part])
+    logits = predict(model, shard, data, rt, batch_size, desc) if len(shard) else torch.empty(0)
+    return distributed.gather_cat(logits)  # torch.cat skips an empty shard's 1-d tensor
 
 
 def split_metrics(logits: torch.Tensor, split: Split, misc_label: int | None) -> dict[str, float]:
@@ -131,9 +215,30 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
 
     The model must already be on ``rt.device`` (see ``Runtime.prepare``). ``distill``
     replaces the main head's loss by Hinton's loss against a teacher; ``hooks`` run after
-    every optimizer step and are checkpointed with the run.
+    every optimizer step and are checkpointed with the run. In a data-parallel run every rank
+    calls ``fit`` with the same arguments; only rank 0 reads or writes ``ckpt_dir``.
     """
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    restore_bn = distributed.convert_sync_batchnorm(model) if rt.sync_bn and rt.dist.enabled else None
+    try:
+        return _fit(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end, distill, hooks)
+    finally:
+        if restore_bn is not None:
+            restore_bn()
+
+
+def _load_on_main(path: Path, what: str, rt: Runtime):
+    """The checkpoint at ``path`` (None if absent) as rank 0 reads it, on every rank."""
+    def load():
+        return load_checkpoint_file(path, what) if path.exists() else None
+    return distributed.on_main(load, rt.dist)
+
+
+def _fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_dir: Path,
+         seed: int, on_epoch_end: Callable[[int, dict], None] | None,
+         distill: DistillationLoss | None, hooks: Sequence[StepHook]) -> list[dict]:
+    main = rt.dist.is_main
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     criterion = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     loader = make_loader(data.train, data, cfg.batch_size, rt, train=True, seed=seed)
@@ -144,16 +249,19 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
     best = {"epoch": -1, "score": -math.inf}
     start = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    if last_path.exists():
-        state = load_checkpoint_file(last_path, "train checkpoint")
+    state = _load_on_main(last_path, "train checkpoint", rt)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16
+            scaler.load_state_dict(state["scaler"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
         for hook, hook_state in zip(hooks, state.get("hooks", [])):
             hook.load_state_dict(hook_state)
         log.info("resuming training from %s after epoch %d", last_path, start)
+        del state
+    net = distributed.wrap_ddp(model, rt.device) if rt.dist.enabled else model
 
     for epoch in bar(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs):
         torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
@@ -163,14 +271,14 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
         batches = bar(loader, desc=f"epoch {epoch + 1}", leave=False)
         for step, (x, y) in enumerate(batches):
             with rt.autocast():
-                output = model(x)
+                output = net(x)
                 kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
                 loss = _loss(criterion, output, y, cfg.aux_weight, kd)
             if not torch.isfinite(loss):
                 raise RsnetError(f"the training loss became {loss.item()} at epoch {epoch + 1} step "
                                  f"{step}; lower train.optimizer.lr or use train.precision=fp32")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -182,7 +290,10 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
             if step % 20 == 0:
                 batches.set_postfix(loss=f"{loss.item():.3f}")
         train_time = time.perf_counter() - t0
-        logits = predict(model, data.val, data, rt, cfg.eval_batch_size, "val")
+        if rt.dist.enabled:  # the whole job's epoch, and one model on every rank
+            seen, loss_sum, correct = distributed.all_reduce_sum([seen, loss_sum, correct], rt.device)
+            distributed.average_buffers(model)
+        logits = predict_sharded(model, data.val, data, rt, cfg.eval_batch_size, "val")
         val = split_metrics(logits, data.val, data.misc_label)
         row = {"epoch": epoch + 1, "train/loss": loss_sum / seen, "train/acc": correct / seen,
                "train/images_per_s": seen / train_time, "train/epoch_s": train_time,
@@ -194,16 +305,20 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
         if cfg.select_on not in row:
             raise RsnetError(f"train.select_on={cfg.select_on!r} is not a validation metric; "
                              f"use one of {[k for k in row if k.startswith('val/')]}")
-        if row[cfg.select_on] > best["score"]:
+        if row[cfg.select_on] > best["score"]:  # the same decision on every rank: same logits
             best = {"epoch": epoch + 1, "score": row[cfg.select_on]}
-            atomic_torch_save(model.state_dict(), best_path)
-        atomic_torch_save({"epoch": epoch, "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "scaler": scaler.state_dict(), "history": history, "best": best,
-                           "hooks": [h.state_dict() for h in hooks]},
-                          last_path)
+            if main:
+                atomic_torch_save(model.state_dict(), best_path)
+        if main:
+            atomic_torch_save({"epoch": epoch, "model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "history": history, "best": best,
+                               "hooks": [h.state_dict() for h in hooks],
+                               "world_size": rt.dist.world_size}, last_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-    if best_path.exists():
-        model.load_state_dict(load_checkpoint_file(best_path, "best checkpoint"))
+    best_state = _load_on_main(best_path, "best checkpoint", rt)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return history

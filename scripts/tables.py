@@ -201,6 +201,7 @@ def write_csv(path: Path, header: list[str], table: list[list[str]]) -> None:
 def plot(entries: list[dict], key: str, xlabel: str, path: Path) -> None:
     """Local accuracy vs cost, one panel per N, one series per model and network (log x)."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -217,6 +218,7 @@ def plot(entries: list[dict], key: str, xlabel: str, path: Path) -> None:
             if xy:
                 ax.plot(*zip(*xy), marker="o", color=f"C{i % 10}", label=name)
         ax.set(xscale="log", xlabel=xlabel, ylabel="local accuracy", title=f"N = {n}")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels would overlap
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o", label=n) for i, n in enumerate(names)]
     if handles:
@@ -230,8 +232,9 @@ def thesis(paths: list[Path], out: Path | None) -> None:
     md, tex = [], []
     for table, (title, _) in THESIS.items():
         header, body = thesis_table(entries, table)
-        md.append(f"## {title}\n\n" + markdown(header, body))
-        tex.append(f"% {title}\n" + latex(header, body))
+        # the run folder (the last column) goes to the CSV only: sweep folder names are long
+        md.append(f"## {title}\n\n" + markdown(header[:-1], [r[:-1] for r in body]))
+        tex.append(f"% {title}\n" + latex(header[:-1], [r[:-1] for r in body]))
         if out:
             out.mkdir(parents=True, exist_ok=True)
             write_csv(out / f"thesis_{table}.csv", header, body)

@@ -21,7 +21,9 @@ from rsnet.models import build_model  # noqa: E402
 # (model config, classes, input sizes): the settings the project uses them at
 BUILDS = [("resnet20", 10, [32]), ("resnet56", 10, [32]), ("vgg16", 10, [32]),
           ("googlenet_rs", 200, [64, 32]), ("googlenet_rs", 1000, [227]),
-          ("mobilenet_v1", 200, [64, 32]), ("mobilenet_v1", 1000, [224])]
+          ("mobilenet_v1", 200, [64, 32]), ("mobilenet_v1", 1000, [224]),
+          ("wrn", 10, [32]), ("densenet40", 10, [32]), ("mobilenet_v2", 10, [32]),
+          ("shufflenet_v2", 10, [32]), ("gunn15", 10, [32]), ("gunn15", 3, [32])]
 
 
 def main() -> None:

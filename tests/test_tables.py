@@ -59,18 +59,21 @@ def test_thesis_tables_show_psi_each_policy_and_missing_runs(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "thesis", str(sweep),
                           "--out", str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout
     synthesis = out.split("## Compression")[0]
-    rows = [r.split(" | ") for r in synthesis.splitlines() if r.startswith("| googlenet_rs")]
+    rows = [r.removesuffix(" |").split(" | ") for r in synthesis.splitlines() if r.startswith("| googlenet_rs")]
     assert [r[3] for r in rows] == ["Psi (C-way baseline)", "Psi' (rs), from scratch",
                                     "Psi' (rs), carved (l1) + fine-tuned", "uniform, from scratch"]
     assert rows[0][4:8] == ["-", "6,000,000", "121,000,000", "0.6000"]  # Psi once, from both runs
     assert rows[1][4:8] == ["0.0450", "430,000", "20,000,000", "0.8000"] and rows[1][12] == "100"
     assert rows[3].count("missing") == 8 and "0.0000" not in rows[3]
-    compression = [r.split(" | ") for r in out.split("## Compression")[1].splitlines()
+    compression = [r.removesuffix(" |").split(" | ") for r in out.split("## Compression")[1].splitlines()
                    if r.startswith("| googlenet_rs")]
     assert len(compression) == 3 and compression[0][5] == "-" and compression[0][9] == "500,000"
     assert compression[2].count("missing") == 9
     t = tmp_path / "t"
     assert (t / "thesis_synthesis.csv").read_text().count("\n") == 5
+    # the (long) run folder names are in the CSV, not in the markdown / LaTeX tables
+    assert (t / "thesis_synthesis.csv").read_text().splitlines()[0].endswith(",run")
+    assert "synthesis time (s) |\n" in out and "| run |" not in out
     assert r"Psi' (rs), carved (l1) + fine-tuned" in (t / "thesis.tex").read_text()
     assert "missing" in (t / "thesis.md").read_text()
     assert (t / "acc_vs_params.png").read_bytes()[:4] == b"\x89PNG"

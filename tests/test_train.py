@@ -7,7 +7,7 @@ from rsnet.config import DatasetConfig, TrainConfig
 from rsnet.data import build_data
 from rsnet.errors import RsnetError
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.train import fit, predict, resolve_runtime
+from rsnet.train import Runtime, fit, predict, resolve_runtime
 
 
 class Interrupt(Exception):
@@ -92,6 +92,42 @@ def test_bf16_channels_last_training_runs(data, tmp_path):
 def test_bad_precision_names_the_setting():
     with pytest.raises(RsnetError, match="train.precision"):
         resolve_runtime(train_cfg(precision="int3"))
+
+
+def test_fp16_on_the_cpu_is_refused_naming_the_setting():
+    with pytest.raises(RsnetError, match="train.precision=fp16 needs a CUDA device"):
+        resolve_runtime(train_cfg(precision="fp16", device="cpu"))
+
+
+def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(data, tmp_path):
+    """The fp16 path (autocast + GradScaler) as on CUDA, run here on the CPU, where torch
+    supports it too (rsnet's settings refuse fp16 on the CPU: bf16 is the fast choice there)."""
+    cfg = train_cfg(epochs=2)
+    rt = Runtime(torch.device("cpu"), torch.float16, channels_last=False)
+    full = tiny_model()
+    fit(full, data, cfg, rt, tmp_path / "a", seed=0)
+    scaler = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["scaler"]
+    assert scaler["scale"] > 0 and scaler["growth_interval"] == 2000
+
+    def kill_after_first(epoch, row):
+        if epoch == 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(tiny_model(), data, cfg, rt, tmp_path / "b", seed=0, on_epoch_end=kill_after_first)
+    after_one = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["scaler"]
+    resumed = tiny_model()
+    fit(resumed, data, cfg, rt, tmp_path / "b", seed=0)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["scaler"] == scaler
+    assert after_one["scale"] > 0
+
+
+def test_fp32_and_bf16_leave_the_grad_scaler_off(data, tmp_path):
+    cfg = train_cfg(epochs=1)
+    fit(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["scaler"] == {}
 
 
 def test_auxiliary_heads_add_their_weighted_loss():

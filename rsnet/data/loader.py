@@ -29,21 +29,37 @@ class Split:
         return len(self.targets)
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip of a batch (any dtype, NCHW)."""
-    n, _, h, w = x.shape
+def draw_crop_flip(n: int, padding: int, flip: bool, g: torch.Generator
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The random draws of :func:`random_crop_flip` for a batch of n images: crop offsets
+    (oy, ox), each (n,) int64 in [0, 2 * padding], and the flip mask (n,) bool; None when off."""
+    oy = ox = mask = None
     if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding,) * 4)
         oy = torch.randint(0, 2 * padding + 1, (n,), generator=g)
         ox = torch.randint(0, 2 * padding + 1, (n,), generator=g)
+    if flip:
+        mask = torch.rand(n, generator=g) < 0.5
+    return oy, ox, mask
+
+
+def apply_crop_flip(x: torch.Tensor, padding: int, oy: torch.Tensor | None, ox: torch.Tensor | None,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """Crop (with zero padding) and flip a batch (any dtype, NCHW) by given draws."""
+    n, _, h, w = x.shape
+    if oy is not None and ox is not None:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (n, 1, h, 1)
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (n, 1, 1, w)
         x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
                    rows, cols]
-    if flip:
-        mask = torch.rand(n, generator=g) < 0.5
+    if mask is not None:
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip of a batch (any dtype, NCHW)."""
+    return apply_crop_flip(x, padding, *draw_crop_flip(len(x), padding, flip, g))
 
 
 class BatchLoader:
@@ -51,13 +67,22 @@ class BatchLoader:
 
     The order and the augmentation of epoch e depend only on (seed, e), so a run resumed at
     an epoch boundary sees exactly the batches an uninterrupted run would (``set_epoch``).
+
+    Data-parallel training (``world_size`` > 1): ``batch_size`` is the global batch. Every
+    rank draws the same order and the same augmentation for each global batch and keeps its
+    own contiguous slice of it (rank r: images [r * m // world_size, (r + 1) * m // world_size)
+    of a batch of m), so all ranks take the same number of steps and together see exactly the
+    images a single process would.
     """
 
     def __init__(self, split: Split, batch_size: int, mean: list[float], std: list[float],
                  shuffle: bool = False, crop_padding: int = 0, flip: bool = False,
                  drop_last: bool = False, seed: int = 0, channels_last: bool = False,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.split, self.batch_size = split, batch_size
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.crop_padding, self.flip = shuffle, crop_padding, flip
         self.drop_last, self.seed, self.epoch = drop_last, seed, 0
         self.channels_last, self.device = channels_last, torch.device(device)
@@ -80,10 +105,14 @@ class BatchLoader:
         augment = self.crop_padding > 0 or self.flip
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.split.images[idx]
-            if augment:
-                x = random_crop_flip(x, self.crop_padding, self.flip, g)
+            m = len(idx)  # this rank's slice of the global batch (all of it in one process)
+            part = slice(self.rank * m // self.world_size, (self.rank + 1) * m // self.world_size)
+            x = self.split.images[idx[part]]
+            if augment:  # drawn for the whole batch: the same random stream on every rank
+                draws = draw_crop_flip(m, self.crop_padding, self.flip, g)
+                oy, ox, mask = (d if d is None else d[part] for d in draws)
+                x = apply_crop_flip(x, self.crop_padding, oy, ox, mask)
             x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.split.targets[idx].to(self.device, non_blocking=True)
+            yield x, self.split.targets[idx[part]].to(self.device, non_blocking=True)

@@ -12,7 +12,9 @@ shapes at (1, 3, input_size, input_size) and returns a :class:`ModelGraph`:
 - **macro-layers**: spans between cut points of the data-flow graph (method.md section 2);
   a span without a free width (a lone depthwise conv) joins the next one, the classifier
   stays outside;
-- **units**: macro-layers that must share one scaling factor (a shared group, or ``tie``);
+- **units**: macro-layers that must share one scaling factor (a shared group, or ``tie``, or
+  a layer reading the widths of non-adjacent units, e.g. a DenseNet transition: the solver's
+  chain needs every cost term within two consecutive units);
 - **cost**: parameters and MACs as exact polynomials of the group widths (``cost``,
   vectorised ``cost_array``, per macro-layer ``macro_params`` / ``macro_macs``).
 
@@ -21,7 +23,9 @@ so a width the analysis calls free can always be realised): conv/linear outputs 
 group; BN, activations, pooling, dropout, flatten and spatial indexing pass channels
 through; ``cat`` on dim 1 lists its inputs' groups in order; add/sub/mul/... unify them;
 ``chunk`` (and ``split`` by a computed size) cuts channels into equal, coupled parts;
-``view`` + ``transpose`` + ``view`` channel shuffles interleave equal parts.
+``view`` + ``transpose`` + ``view`` channel shuffles interleave equal parts (with
+``prunable=True``, for plans realised by pruning, they fix the widths they shuffle: the pruner
+cannot select channels through them). Every fixed width says why (``MicroLayer.fixed``).
 """
 
 from rsnet.graph.analyze import analyze

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
@@ -12,13 +13,15 @@ from torch.fx import Node
 from rsnet.errors import RsnetError
 from rsnet.graph.channels import ChannelPass
 from rsnet.graph.segments import Chan, Segs, simplify
-from rsnet.graph.structure import (assign_macros, cut_points, data_flow_order, macro_name,
-                                   spans, units)
+from rsnet.graph.structure import (assign_macros, chain_units, cut_points, data_flow_order,
+                                   macro_name, spans, units)
 from rsnet.graph.trace import propagate, trace
 from rsnet.graph.types import (Constraint, Form, Group, MacroLayer, MicroLayer, ModelGraph,
                                Polynomial)
 
 __all__ = ["analyze"]
+
+log = logging.getLogger(__name__)
 
 
 def _size(input_size: int | Sequence[int]) -> tuple[int, int]:
@@ -57,7 +60,7 @@ def _check_leaves(leaf_modules: Iterable[str | type],
 
 def analyze(model: nn.Module, input_size: int | Sequence[int], fixed: Iterable[str] = (),
             tie: Iterable[Sequence[int | str]] = (), leaf_modules: Iterable[str | type] = (),
-            in_channels: int = 3) -> ModelGraph:
+            in_channels: int = 3, prunable: bool = False) -> ModelGraph:
     """Derive micro-layers, coupled groups, macro-layers, units and the cost model of a CNN.
 
     Args:
@@ -74,7 +77,11 @@ def analyze(model: nn.Module, input_size: int | Sequence[int], fixed: Iterable[s
             norm layer, otherwise a fixed-width layer (inputs fixed, parameters and MACs
             constant).
         in_channels: channels of the input image.
+        prunable: the widths will be realised by pruning (rsnet.prune), not by building the
+            model from scratch: also fix the widths of constructs the pruner cannot select
+            channels through (channel shuffles), which a from-scratch build can scale.
 
+    Every fixed width says why in ``MicroLayer.fixed`` (and ``WidthPlan`` carries it).
     Raises RsnetError for untraceable models (naming the module to pass as a leaf), bad
     settings, and input sizes the model cannot run at.
     """
@@ -97,7 +104,7 @@ def analyze(model: nn.Module, input_size: int | Sequence[int], fixed: Iterable[s
         for m, mode in modes.items():
             m.train(mode)
 
-    cp = ChannelPass(gm, node_macs, fixed_names, classifier)
+    cp = ChannelPass(gm, node_macs, fixed_names, classifier, prunable)
     cp.run()
     return _build(model, gm, cp, node_macs, (h, w), classifier, tie)
 
@@ -110,7 +117,7 @@ def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
     for t in range(len(tokens.parent)):
         r = tokens.find(t)
         if not tokens.has_layer[r]:
-            tokens.fixed[r] = True
+            tokens.fix(r, f"{tokens.origin[r]}: a channel pad added to no layer")
 
     gid_of: dict[int, int] = {}  # token root -> group id, numbered in execution order
 
@@ -131,15 +138,23 @@ def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
                 coefs[g] = coefs.get(g, 0) + m
         return Form(const, coefs)
 
-    # Micro-layers and their groups.
+    # Micro-layers, their groups and why a width is fixed.
     records = {r.name: r for r in cp.micro}
     group_of: dict[str, int | None] = {}
+    fixed_why: dict[str, str | None] = {}
     for r in cp.micro:
         out = cp.norm(r.out_segs) if r.out_segs is not None else None
         single = out is not None and len(out) == 1 and out[0][0] is not None and out[0][1] == 1
         group_of[r.name] = gid(out[0][0]) if single else None
         if out is not None:
             form(out)  # number the groups in execution order
+        roots = [tokens.find(t) for t, _ in out or () if t is not None]
+        if out is None:
+            fixed_why[r.name] = r.fixed_reason or "its width is not modelled"
+        elif roots and all(tokens.fixed[t] for t in roots):
+            fixed_why[r.name] = tokens.reason[roots[0]]
+        else:  # free, or a depthwise conv that follows its (partly free) input
+            fixed_why[r.name] = None if roots else "its input has a fixed width"
 
     def free(name: str) -> bool:
         return records[name].kind != "depthwise" and group_of[name] is not None
@@ -158,7 +173,8 @@ def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
 
     micro = [MicroLayer(r.name, r.kind, r.base_width, r.in_width, macro_of_layer.get(r.name),
                         group_of[r.name], form(r.in_segs),
-                        form(r.out_segs) if r.out_segs is not None else Form(r.base_width))
+                        form(r.out_segs) if r.out_segs is not None else Form(r.base_width),
+                        fixed_why[r.name])
              for r in cp.micro]
     groups: list[Group] = []
     roots = sorted(gid_of, key=gid_of.get)
@@ -246,6 +262,25 @@ def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
 
     constraints = [Constraint(form(p.inner), form(p.outer), p.where) for p in cp.pads
                    if form(p.outer).coefs]
+
+    # The solver's pair tables need every cost term and width comparison to read at most
+    # two consecutive units: merge units where a layer reads widths of distant ones
+    # (DenseNet: a transition reads the stem and every layer of its block).
+    def macros_of(gids: Iterable[int]) -> set[int]:  # a group's macro-layers share one unit
+        return {groups[g].macros[0] for g in gids if groups[g].macros}
+
+    interacting = [macros_of(pair) for poly in (params, macs) for pair in poly.bil]
+    interacting += [macros_of([*c.small.coefs, *c.big.coefs]) for c in constraints]
+    outs = [m.out_form.coefs for m in macro_layers]
+    interacting += [macros_of([*outs[i - 1], *outs[i]]) for i in range(1, len(outs))]
+    merged = chain_units(unit_list, [m for m in interacting if len(m) > 1])
+    if len(merged) != len(unit_list):
+        log.info("%s: layers read the widths of non-adjacent units, so %d units become %d",
+                 type(model).__name__, len(unit_list), len(merged))
+        unit_list = merged
+        for u, members in enumerate(unit_list):
+            for i in members:
+                macro_layers[i].unit = u
     graph = ModelGraph(type(model).__name__, size, micro, groups, macro_layers, unit_list,
                        classifier, constraints, params, macs, per_macro["params"],
                        per_macro["macs"], rest["params"], rest["macs"])

@@ -35,6 +35,7 @@ class MicroRecord:
     in_width: int
     in_segs: Segs
     out_segs: Segs | None
+    fixed_reason: str | None = None  # why the output width is fixed (out_segs None)
 
 
 @dataclass
@@ -87,6 +88,40 @@ def _arg(node: Node, index: int, key: str, default: Any = None) -> Any:
     return node.kwargs.get(key, default)
 
 
+def _where(node: Node) -> str:
+    """The module whose forward ran ``node`` (a call_module node: that module)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack.values()))[0] if stack else ""
+    return path if isinstance(path, str) and path else "the model's forward"
+
+
+def _at(node: Node) -> str:
+    """``op`` in module, for the reasons of fixed widths."""
+    if node.op == "call_module":
+        return str(node.target)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", node.name)
+    return f"`{name}` in {_where(node)}"
+
+
+def _swaps_channel_groups(node: Node) -> bool:
+    """A transpose / permute that swaps dims 1 and 2 (the middle step of a channel shuffle)."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name not in _PERMUTE:
+        return False
+    if name == "permute":
+        dims = node.args[1:] if len(node.args) > 2 else _arg(node, 1, "dims")
+        return isinstance(dims, (list, tuple)) and list(dims[:3]) == [0, 2, 1]
+    a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+    return {a, b} == {1, 2}
+
+
+#: Why the pruner-facing analysis (``prunable=True``) fixes a channel shuffle's widths.
+SHUFFLE_REASON = ("channel shuffle: rsnet.prune (torch-pruning) cannot select channels through "
+                  "it, so the widths it shuffles stay at full width when the plan is pruned")
+
+
 class ChannelPass(Coupling):
     """Walks a shape-propagated GraphModule; see the module docstring.
 
@@ -96,8 +131,9 @@ class ChannelPass(Coupling):
     """
 
     def __init__(self, gm: GraphModule, node_macs: dict[Node, int], fixed: set[str],
-                 classifier: str | None) -> None:
+                 classifier: str | None, prunable: bool = False) -> None:
         super().__init__()
+        self.prunable = prunable  # also fix what the pruner cannot realise (channel shuffles)
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.node_macs = node_macs
@@ -133,10 +169,12 @@ class ChannelPass(Coupling):
                       and "tensor_meta" in a.meta and a not in found else None)
         return found
 
-    def opaque(self, node: Node) -> Desc:
-        """An operation the analysis cannot express: fix its inputs, output fixed width."""
+    def opaque(self, node: Node, why: str = "an operation the width analysis cannot follow"
+               ) -> Desc:
+        """An operation the analysis cannot express: fix its inputs (saying ``why``), output
+        fixed width."""
         for a in self.tensor_inputs(node):
-            self.fix_desc(self.desc.get(a))
+            self.fix_desc(self.desc.get(a), f"{_at(node)}: {why}")
         return self.const_desc(node)
 
     def chan(self, node: Node) -> Chan | None:
@@ -145,7 +183,7 @@ class ChannelPass(Coupling):
         if isinstance(d, Chan):
             return d
         if isinstance(d, Split):
-            self.fix_desc(d)
+            self.fix_desc(d, f"{_at(node)}: channels viewed as groups are used as a plain tensor")
             shape = _shape(node)
             return Chan(((None, shape[1]),)) if shape and len(shape) >= 2 else None
         return None
@@ -166,13 +204,14 @@ class ChannelPass(Coupling):
             return None
         if node.op == "output":
             # The model's outputs keep their widths (num_classes, or a conv head's channels).
-            map_aggregate(node.args, lambda a: self.fix_desc(self.desc.get(a))
+            map_aggregate(node.args, lambda a: self.fix_desc(self.desc.get(a), "a model output "
+                                                             "keeps its width")
                           if isinstance(a, Node) else None)
             return None
         if node.op == "call_module":
             return self.visit_module(node)
         if self.node_macs.get(node, 0):  # functional conv / matmul: not a micro-layer
-            return self.opaque(node)
+            return self.opaque(node, "a functional conv / matmul (not an nn.Conv2d / nn.Linear)")
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         if name == "getitem":
             return self.visit_getitem(node)
@@ -200,7 +239,7 @@ class ChannelPass(Coupling):
         if not inputs:
             return self.const_desc(node)  # torch.zeros(...) and the like
         if len(inputs) > 1:
-            return self.opaque(node)
+            return self.opaque(node, "an operation on several tensors the analysis does not know")
         x = inputs[0]
         d, i_shape, o_shape = self.desc.get(x), _shape(x), _shape(node)
         if i_shape is None or o_shape is None:
@@ -210,7 +249,7 @@ class ChannelPass(Coupling):
         if isinstance(d, Chan) and len(o_shape) == len(i_shape) >= 2 \
                 and o_shape[:2] == i_shape[:2]:
             return d  # pooling, interpolation, spatial padding
-        return self.opaque(node)
+        return self.opaque(node, "changes the channels in a way the analysis does not know")
 
     def visit_elementwise(self, node: Node) -> Desc:
         """add / mul / ...: operands that cover the output's channel dim are unified."""
@@ -229,7 +268,8 @@ class ChannelPass(Coupling):
                 continue  # broadcast along channels: no coupling
             d = self.desc.get(a)
             if k != 1 or not isinstance(d, (Chan, Split)):
-                return self.opaque(node)  # a parameter or constant of channel size
+                return self.opaque(node, "combines channels with a parameter or constant of "
+                                         "channel size")
             coupled.append(d)
         if not coupled:
             return self.opaque(node)
@@ -237,16 +277,17 @@ class ChannelPass(Coupling):
 
     def unify_descs(self, node: Node, descs: list[Desc]) -> Desc:
         first = descs[0]
+        why = f"{_at(node)}: joins tensors whose widths cannot be made equal"
         if all(isinstance(d, Chan) for d in descs):
             same_spatial = all(d.spatial == first.spatial for d in descs)
-            if same_spatial and self.unify([d.segs for d in descs]):
+            if same_spatial and self.unify([d.segs for d in descs], why):
                 return Chan(self.norm(first.segs), first.spatial)
         elif all(isinstance(d, Split) and (d.groups, d.channel_major)
                  == (first.groups, first.channel_major) for d in descs):
-            if self.unify([d.piece for d in descs]):
+            if self.unify([d.piece for d in descs], why):
                 return Split(self.norm(first.piece), first.groups, first.channel_major)
         for d in descs:
-            self.fix_desc(d)
+            self.fix_desc(d, why)
         return self.const_desc(node)
 
     def visit_cat(self, node: Node) -> Desc:
@@ -286,8 +327,9 @@ class ChannelPass(Coupling):
         # computed from the tensor (a Node), not a hard-coded number of channels.
         proportional = name == "chunk" or isinstance(_arg(node, 1, "split_size_or_sections"), Node)
         if not (isinstance(d, Chan) and d.spatial == 1 and proportional and len(set(sizes)) == 1):
-            return self.opaque(node)
-        pieces = self.split_equal(d.segs, len(sizes))
+            return self.opaque(node, "splits the channels into hard-coded or unequal parts")
+        pieces = self.split_equal(d.segs, len(sizes),
+                                  f"{_at(node)}: its equal parts cannot be kept equal")
         if pieces is None:
             return self.const_desc(node)
         return tuple(Chan(p) for p in pieces)
@@ -318,7 +360,7 @@ class ChannelPass(Coupling):
             return d  # spatial subsampling (option-A shortcut) keeps the channels
         if isinstance(full[1], int):
             return self.const_desc(node)  # one channel picked: its width no longer matters
-        return self.opaque(node)  # a hard-coded channel slice
+        return self.opaque(node, "takes a hard-coded channel slice")
 
     def visit_pad(self, node: Node) -> Desc:
         """F.pad. A channel pad (option-A shortcut) makes a new width coupled by the add."""
@@ -376,7 +418,11 @@ class ChannelPass(Coupling):
                 f = math.prod(i[2:k])
                 return Chan(tuple((t, m * f) for t, m in d.segs), d.spatial * f)
         if len(o) == len(i) + 1 and o[1] * o[2] == i[1] and o[3:] == i[2:] and d.spatial == 1:
-            pieces = self.split_equal(d.segs, o[1])  # channel dim -> (groups, C / groups)
+            if self.prunable and any(_swaps_channel_groups(u) for u in node.users):
+                self.fix_segs(d.segs, f"{_at(node)}: {SHUFFLE_REASON}")
+                d = Chan(((None, i[1]),))  # shuffled as fixed channels
+            pieces = self.split_equal(d.segs, o[1],  # channel dim -> (groups, C / groups)
+                                      f"{_at(node)}: its channel groups cannot be kept equal")
             if pieces is None:
                 return self.const_desc(node)
             return Split(pieces[0], o[1], channel_major=False)
@@ -439,7 +485,7 @@ class ChannelPass(Coupling):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             rec = self._records.get(name)
             if not first and (rec is None or rec.out_segs is None):
-                return self.opaque(node)  # its first call was already opaque
+                return self.opaque(node, "its first call already had a fixed width")
             if isinstance(m, nn.Conv2d):
                 return self.visit_conv(node, name, m, first)
             return self.visit_linear(node, name, m, first)
@@ -450,7 +496,7 @@ class ChannelPass(Coupling):
         x = inputs[0]
         d, i_shape, o_shape = self.desc.get(x), _shape(x), _shape(node)
         if self.channelwise(m, d, i_shape, o_shape):
-            if not self._same_input(name, d.segs):
+            if not self._same_input(name, d.segs, node):
                 return self.const_desc(node)
             if first:  # one parameter per channel (BN scale and shift, or only a shift)
                 for p in m.parameters():
@@ -462,11 +508,17 @@ class ChannelPass(Coupling):
                             self.tokens.need_multiple(t, m.num_groups)
             return d
         if has_params and not (isinstance(m, nn.PReLU) and m.num_parameters == 1):
-            return self.opaque(node)  # a fixed-width layer (params counted as constants)
+            # a fixed-width layer (params counted as constants)
+            return self.opaque(node, f"a {type(m).__name__} with parameters the analysis does "
+                                     f"not model")
         if isinstance(m, (nn.Flatten, nn.Unflatten)):
             return self.reshape(node, d, i_shape, o_shape)
         if isinstance(m, nn.ChannelShuffle) and isinstance(d, Chan) and d.spatial == 1:
-            pieces = self.split_equal(d.segs, m.groups)
+            if self.prunable:
+                self.fix_segs(d.segs, f"{_at(node)}: {SHUFFLE_REASON}")
+                d = Chan(((None, i_shape[1]),))  # shuffled as fixed channels
+            pieces = self.split_equal(d.segs, m.groups, f"{_at(node)}: its channel groups "
+                                                        f"cannot be kept equal")
             if pieces is None:
                 return self.const_desc(node)
             return Chan(self.norm(tuple((t, mm * m.groups) for t, mm in pieces[0])))
@@ -483,17 +535,18 @@ class ChannelPass(Coupling):
         params = list(m.parameters())
         return ok_type and all(p.dim() == 1 and p.numel() == i_shape[1] for p in params)
 
-    def _same_input(self, name: str, segs: Segs) -> bool:
+    def _same_input(self, name: str, segs: Segs, node: Node) -> bool:
         """A module called again must see the same widths as at its first call."""
         prev = self._module_inputs.setdefault(name, segs)
-        return prev is segs or self.unify([prev, segs])
+        return prev is segs or self.unify([prev, segs], f"{name} is called again on a tensor "
+                                                        f"whose width cannot be made equal")
 
     def _record(self, node: Node, name: str, kind: str, m: nn.Module, in_segs: Segs,
-                out_segs: Segs | None, first: bool) -> None:
+                out_segs: Segs | None, first: bool, reason: str | None = None) -> None:
         if first:
             base = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
             width = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
-            rec = MicroRecord(name, kind, node, base, width, in_segs, out_segs)
+            rec = MicroRecord(name, kind, node, base, width, in_segs, out_segs, reason)
             self.micro.append(rec)
             self._records[name] = rec
 
@@ -501,9 +554,11 @@ class ChannelPass(Coupling):
         x = self.chan(node.args[0]) if isinstance(node.args[0], Node) else None
         o_shape = _shape(node)
         if x is None or o_shape is None or x.spatial != 1 or len(node.args) != 1:
-            self._record(node, name, "conv", m, ((None, m.in_channels),), None, first)
-            return self.opaque(node)
-        if not self._same_input(name, x.segs):
+            why = "a conv whose input the analysis cannot follow"
+            self._record(node, name, "conv", m, ((None, m.in_channels),), None, first,
+                         f"{name}: {why}")
+            return self.opaque(node, why)
+        if not self._same_input(name, x.segs, node):
             x = Chan(((None, m.in_channels),))
         in_segs = self.norm(x.segs)
         kk = math.prod(m.kernel_size)
@@ -515,12 +570,13 @@ class ChannelPass(Coupling):
             kind = "depthwise"
             out = tuple((t, c * (m.out_channels // g)) for t, c in in_segs)
             if name in self.fixed_names:
-                self.fix_segs(in_segs)
+                self.fix_segs(in_segs, f"scaling.fixed names {name}")
             weight: tuple[int | Fraction, Segs, Segs | None] = (kk, out, None)
         else:
             kind = "conv"
             if first:
-                token = self.tokens.new(m.out_channels, name, fixed=name in self.fixed_names)
+                token = self.tokens.new(m.out_channels, name, fixed=name in self.fixed_names,
+                                        reason=f"scaling.fixed names {name}")
             else:
                 token = self._records[name].out_segs[0][0]
             out = ((token, 1),)
@@ -544,8 +600,9 @@ class ChannelPass(Coupling):
         gets fixed widths and constant costs instead: never a wrong cost.
         """
         if self._eval(macs) != self.node_macs.get(node, 0):
-            self.fix_segs(in_segs)
-            self.fix_segs(out)
+            why = f"{_at(node)}: its MACs do not follow its channel counts (an unusual layer)"
+            self.fix_segs(in_segs, why)
+            self.fix_segs(out, why)
             return self.const_desc(node)
         self.terms.append(macs)
         self.symbolic_macs.add(node)
@@ -562,14 +619,18 @@ class ChannelPass(Coupling):
         i_shape, o_shape = _shape(node.args[0]), _shape(node)
         if x is None or i_shape is None or len(i_shape) != 2 or len(node.args) != 1:
             # Only (batch, features) inputs have their features in dim 1.
-            self._record(node, name, "linear", m, ((None, m.in_features),), None, first)
-            return self.opaque(node)
-        if not self._same_input(name, x.segs):
+            why = "a linear layer on a tensor that is not (batch, features)"
+            self._record(node, name, "linear", m, ((None, m.in_features),), None, first,
+                         f"{name}: {why}")
+            return self.opaque(node, why)
+        if not self._same_input(name, x.segs, node):
             x = Chan(((None, m.in_features),))
         in_segs = self.norm(x.segs)
         if first:
             fixed = name in self.fixed_names or name == self.classifier
-            token = self.tokens.new(m.out_features, name, fixed=fixed)
+            reason = ("the classifier keeps one output per class" if name == self.classifier
+                      else f"scaling.fixed names {name}")
+            token = self.tokens.new(m.out_features, name, fixed=fixed, reason=reason)
         else:
             token = self._records[name].out_segs[0][0]
         out = ((token, 1),)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Union
 
-__all__ = ["Seg", "Segs", "simplify", "Tokens", "Chan", "Split", "Desc", "Coupling"]
+__all__ = ["Seg", "Segs", "simplify", "DEFAULT_REASON", "Tokens", "Chan", "Split", "Desc",
+           "Coupling"]
 
 Seg = tuple[Union[int, None], Union[int, Fraction]]
 Segs = tuple[Seg, ...]
@@ -33,21 +34,29 @@ def simplify(x: int | Fraction) -> int | Fraction:
     return int(x) if Fraction(x).denominator == 1 else Fraction(x)
 
 
+#: Why a width is fixed when the caller gives no reason.
+DEFAULT_REASON = "coupled to a width the analysis cannot change"
+
+
 class Tokens:
-    """Union-find over widths. A root knows its baseline width and whether it is fixed."""
+    """Union-find over widths. A root knows its baseline width, whether it is fixed and why
+    (``reason``: the first cause recorded, a readable sentence naming the module)."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.base: list[int] = []
         self.fixed: list[bool] = []
+        self.reason: list[str | None] = []
         self.multiple: list[int] = []
         self.has_layer: list[bool] = []  # False for tokens that stand for a pad output only
         self.origin: list[str] = []
 
-    def new(self, base: int, origin: str, fixed: bool = False, layer: bool = True) -> int:
+    def new(self, base: int, origin: str, fixed: bool = False, layer: bool = True,
+            reason: str | None = None) -> int:
         self.parent.append(len(self.parent))
         self.base.append(int(base))
         self.fixed.append(fixed)
+        self.reason.append((reason or DEFAULT_REASON) if fixed else None)
         self.multiple.append(1)
         self.has_layer.append(layer)
         self.origin.append(origin)
@@ -66,18 +75,24 @@ class Tokens:
         if self.base[ra] != self.base[rb]:  # callers check compatibility first
             raise AssertionError(f"coupling tokens of widths {self.base[ra]} and {self.base[rb]}")
         self.parent[rb] = ra
+        if not self.fixed[ra] and self.fixed[rb]:
+            self.reason[ra] = self.reason[rb]
         self.fixed[ra] = self.fixed[ra] or self.fixed[rb]
         self.multiple[ra] = math.lcm(self.multiple[ra], self.multiple[rb])
         self.has_layer[ra] = self.has_layer[ra] or self.has_layer[rb]
 
-    def fix(self, t: int) -> None:
-        self.fixed[self.find(t)] = True
+    def fix(self, t: int, reason: str | None = None) -> None:
+        r = self.find(t)
+        if not self.fixed[r]:
+            self.fixed[r] = True
+            self.reason[r] = reason or DEFAULT_REASON
 
     def need_multiple(self, t: int, k: int) -> None:
         """The width of ``t`` must be a multiple of ``k`` (fixed if baseline is not)."""
         r = self.find(t)
         if self.base[r] % k:
-            self.fixed[r] = True
+            self.fix(r, f"its width {self.base[r]} must be a multiple of {k} (a grouped conv or "
+                        f"an equal split) and is not")
         else:
             self.multiple[r] = math.lcm(self.multiple[r], k)
 
@@ -131,19 +146,19 @@ class Coupling:
     def width(self, segs: Segs) -> int:
         return int(sum(self.seg_width(s) for s in segs))
 
-    def fix_segs(self, segs: Segs) -> None:
+    def fix_segs(self, segs: Segs, reason: str | None = None) -> None:
         for t, _ in segs:
             if t is not None:
-                self.tokens.fix(t)
+                self.tokens.fix(t, reason)
 
-    def fix_desc(self, d: Desc) -> None:
+    def fix_desc(self, d: Desc, reason: str | None = None) -> None:
         if isinstance(d, Chan):
-            self.fix_segs(d.segs)
+            self.fix_segs(d.segs, reason)
         elif isinstance(d, Split):
-            self.fix_segs(d.piece)
+            self.fix_segs(d.piece, reason)
         elif isinstance(d, tuple):
             for x in d:
-                self.fix_desc(x)
+                self.fix_desc(x, reason)
 
     def _compatible(self, a: Segs, b: Segs) -> bool:
         a, b = self.norm(a), self.norm(b)
@@ -156,8 +171,9 @@ class Coupling:
                 return False
         return True
 
-    def unify(self, seg_lists: list[Segs]) -> bool:
-        """Make the segment lists equal by coupling tokens; False (all fixed) if impossible."""
+    def unify(self, seg_lists: list[Segs], reason: str | None = None) -> bool:
+        """Make the segment lists equal by coupling tokens; False (all fixed, for ``reason``)
+        if impossible."""
         first = self.norm(seg_lists[0])
         if all(self._compatible(first, s) for s in seg_lists[1:]):
             for s in seg_lists[1:]:
@@ -166,20 +182,20 @@ class Coupling:
                         self.tokens.union(ta, tb)
             return True
         for s in seg_lists:
-            self.fix_segs(s)
+            self.fix_segs(s, reason)
         return False
 
-    def split_equal(self, segs: Segs, n: int) -> list[Segs] | None:
+    def split_equal(self, segs: Segs, n: int, reason: str | None = None) -> list[Segs] | None:
         """Cut ``segs`` into ``n`` equal parts that stay equal at any widths, or None.
 
         Corresponding segments of the parts are coupled (a chunk boundary inside one
         token's channels makes that token a multiple of the part count); on failure every
-        token is fixed.
+        token is fixed (for ``reason``).
         """
         segs = self.norm(segs)
         total = self.width(segs)
         if n < 1 or total % n:
-            self.fix_segs(segs)
+            self.fix_segs(segs, reason)
             return None
         size = total // n
         parts: list[list[Seg]] = [[]]
@@ -196,7 +212,7 @@ class Coupling:
                     parts.append([])
                     room = size
         pieces = [tuple(p) for p in parts]
-        if not self.unify(pieces):
+        if not self.unify(pieces, reason):
             return None
         for t, m in pieces[0]:
             if t is not None and Fraction(m).denominator > 1:

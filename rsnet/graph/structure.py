@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 
 from torch.fx import Graph, Node
 
-__all__ = ["data_flow_order", "cut_points", "spans", "assign_macros", "macro_name", "units"]
+__all__ = ["data_flow_order", "cut_points", "spans", "assign_macros", "macro_name", "units",
+           "chain_units"]
 
 
 def data_flow_order(graph: Graph) -> list[Node]:
@@ -144,3 +145,27 @@ def units(n_macros: int, shared: Sequence[Sequence[int]]) -> list[list[int]]:
     for i in range(n_macros):
         out.setdefault(find(i), []).append(i)
     return sorted(out.values())
+
+
+def chain_units(unit_list: Sequence[Sequence[int]], interacting: Sequence[set[int]]
+                ) -> list[list[int]]:
+    """Merge units until each set of ``interacting`` macro-layers lies in at most two
+    consecutive units (the chain that rsnet.solver's pair tables assume).
+
+    A set is the macro-layers whose widths one cost term or one width comparison reads,
+    e.g. a DenseNet transition conv reading the stem and every layer of the block before
+    it. A set spanning units a < ... < z is fixed by merging units a .. z-1 into one, which
+    then precedes z. Returns the units sorted by first macro index.
+    """
+    out = sorted((sorted(u) for u in unit_list), key=lambda u: u[0])
+    while True:
+        unit_of = {m: i for i, u in enumerate(out) for m in u}
+        for macros in interacting:
+            us = sorted({unit_of[m] for m in macros})
+            if len(us) > 2 or (len(us) == 2 and us[1] - us[0] > 1):
+                lo, hi = us[0], us[-1] - 1
+                merged = sorted(m for u in out[lo:hi + 1] for m in u)
+                out = sorted(out[:lo] + [merged] + out[hi + 1:], key=lambda u: u[0])
+                break
+        else:
+            return out

@@ -145,7 +145,8 @@ class MicroLayer:
     width is fixed (the classifier, ``fixed`` layers, anything coupled to a fixed width) or,
     for a depthwise conv, when its input spans several groups (its width then follows
     ``out_form``). in_form / out_form: its in and out channel counts as functions of the
-    group widths.
+    group widths. fixed: why its width cannot change (e.g. "`split` in stage1.gunn: splits
+    the channels into hard-coded or unequal parts"), None when it can (or follows its input).
     """
 
     name: str
@@ -156,6 +157,7 @@ class MicroLayer:
     group: int | None
     in_form: Form = field(default_factory=Form, repr=False)
     out_form: Form = field(default_factory=Form, repr=False)
+    fixed: str | None = None
 
     @property
     def free(self) -> bool:

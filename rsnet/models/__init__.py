@@ -2,7 +2,10 @@
 
 - ``resnet_cifar``: He et al.'s CIFAR ResNets (option-A shortcuts), loads akamaster's weights;
 - ``googlenet_rs``: the thesis's GoogLeNet; ``mobilenet_v1``: MobileNet v1 as the thesis built it;
-- ``vgg16``: the CIFAR VGG-16 with BN; ``torchvision_model``: any torchvision classifier by name.
+- ``vgg16``: the CIFAR VGG-16 with BN; ``torchvision_model``: any torchvision classifier by name;
+- CIFAR families (32 px): ``gunn_cifar`` (GUNN-15, Qiao et al. 2018, with the ``Gunn2D`` layer),
+  ``wide_resnet`` (WRN-d-k, default WRN-40-2), ``densenet_cifar`` (DenseNet-40, k = 12; BC as
+  an option), ``mobilenet_v2`` and ``shufflenet_v2`` (CIFAR strides).
 
 A model's classifier is its last ``nn.Linear``.
 """

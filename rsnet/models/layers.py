@@ -96,12 +96,13 @@ def conv_bn_act(
     groups: int = 1,
     bias: bool = False,
     norm: str = "bn",
-    act: type[nn.Module] = nn.ReLU,
+    act: type[nn.Module] | None = nn.ReLU,
     pre_act: bool = False,
 ) -> nn.Sequential:
     """Conv -> [act] -> BN -> act as an ``nn.Sequential`` with children named by role.
 
-    Children: ``conv``, ``pre_act`` (only if ``pre_act``), ``bn``, ``act``.
+    Children: ``conv``, ``pre_act`` (only if ``pre_act``), ``bn``, ``act`` (left out when
+    ``act`` is None: conv -> BN, e.g. a linear bottleneck's projection).
     ``norm`` is ``"bn"`` (nn.BatchNorm2d with scale and shift) or ``"shift"``
     (ShiftBatchNorm2d, shift only). Shapes: ``(B, in_channels, H, W)`` ->
     ``(B, out_channels, H', W')`` with the usual conv arithmetic.
@@ -114,9 +115,12 @@ def conv_bn_act(
         groups=groups, bias=bias,
     )
     if pre_act:
+        if act is None:
+            raise RsnetError("conv_bn_act: pre_act=True needs an activation (act)")
         layers["pre_act"] = act()
     layers["bn"] = nn.BatchNorm2d(out_channels) if norm == "bn" else ShiftBatchNorm2d(out_channels)
-    layers["act"] = act()
+    if act is not None:
+        layers["act"] = act()
     return nn.Sequential(layers)
 
 

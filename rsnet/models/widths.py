@@ -47,11 +47,61 @@ def _vgg16(w: Widths, baseline: nn.Module) -> dict:
             "fc_width": w["classifier.linear1"]}
 
 
+def _gunn(w: Widths, baseline: nn.Module) -> dict:
+    stages = range(1, baseline.num_stages + 1)
+    return {"stem_width": w["stem.conv"], "head_width": w["head.conv"],
+            "widths": [w[f"stage{s}.transition.conv"] for s in stages],
+            "inner_widths": [[w[f"stage{s}.gunn.updates.{k}.{c}.conv"] for c in "ab"]
+                             for s in stages
+                             for k in range(getattr(baseline, f"stage{s}").gunn.num_segments)]}
+
+
+def _wide_resnet(w: Widths, baseline: nn.Module) -> dict:
+    stages = [baseline.stage1, baseline.stage2, baseline.stage3]
+    return {"stem_width": w["conv1"],
+            "stage_widths": [w[f"stage{s + 1}.0.conv2"] for s in range(3)],
+            "inner_widths": [w[f"stage{s + 1}.{b}.conv1"] for s, stage in enumerate(stages)
+                             for b in range(len(stage))],
+            "projections": [stage[0].shortcut is not None for stage in stages]}
+
+
+def _densenet(w: Widths, baseline: nn.Module) -> dict:
+    layers = [(b, i) for b in (1, 2, 3) for i in range(len(getattr(baseline, f"block{b}").layers))]
+    bottleneck = baseline.block1.layers[0].conv1 is not None
+    return {"stem_width": w["stem"],
+            "growth_widths": [w[f"block{b}.layers.{i}.conv2"] for b, i in layers],
+            "bottleneck_widths": ([w[f"block{b}.layers.{i}.conv1"] for b, i in layers]
+                                  if bottleneck else None),
+            "transition_widths": [w["trans1.conv"], w["trans2.conv"]]}
+
+
+def _mobilenet_v2(w: Widths, baseline: nn.Module) -> dict:
+    blocks = range(1, len(baseline.features) - 1)
+    return {"stem_width": w["features.0.conv"],
+            "hidden_widths": [w[f"features.{i}.expand.conv"] for i in blocks
+                              if baseline.features[i].expand is not None],
+            "out_widths": [w[f"features.{i}.project.conv"] for i in blocks],
+            "last_width": w[f"features.{len(baseline.features) - 1}.conv"]}
+
+
+def _shufflenet_v2(w: Widths, baseline: nn.Module) -> dict:
+    stages = [(s, len(getattr(baseline, f"stage{s}"))) for s in range(2, baseline.num_stages + 2)]
+    return {"stem_width": w["stem.conv"], "last_width": w["last.conv"],
+            "stage_widths": [2 * w[f"stage{s}.0.branch2.pw2.conv"] for s, _ in stages],
+            "inner_widths": [w[f"stage{s}.{i}.branch2.pw1.conv"] for s, n in stages
+                             for i in range(n)]}
+
+
 BUILDERS: dict[str, Callable[[Widths, nn.Module], dict]] = {
     "rsnet.models.resnet_cifar.resnet_cifar": _resnet_cifar,
     "rsnet.models.googlenet_rs.googlenet_rs": _googlenet_rs,
     "rsnet.models.mobilenet_v1.mobilenet_v1": _mobilenet_v1,
     "rsnet.models.vgg.vgg16": _vgg16,
+    "rsnet.models.gunn.gunn_cifar": _gunn,
+    "rsnet.models.wrn.wide_resnet": _wide_resnet,
+    "rsnet.models.densenet.densenet_cifar": _densenet,
+    "rsnet.models.mobilenet_v2.mobilenet_v2": _mobilenet_v2,
+    "rsnet.models.shufflenet_v2.shufflenet_v2": _shufflenet_v2,
 }
 
 
@@ -61,6 +111,11 @@ INITS: dict[str, Callable[[nn.Module], None]] = {
     "rsnet.models.googlenet_rs.googlenet_rs": init_weights,
     "rsnet.models.mobilenet_v1.mobilenet_v1": init_weights,
     "rsnet.models.vgg.vgg16": init_weights,
+    "rsnet.models.gunn.gunn_cifar": init_weights,
+    "rsnet.models.wrn.wide_resnet": init_weights,
+    "rsnet.models.densenet.densenet_cifar": init_weights,
+    "rsnet.models.mobilenet_v2.mobilenet_v2": init_weights,
+    "rsnet.models.shufflenet_v2.shufflenet_v2": init_weights,
 }
 
 

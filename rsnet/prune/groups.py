@@ -180,6 +180,9 @@ def plan_groups(model: nn.Module, DG: Any, widths: Mapping[str, int],
         asked = {m.name: widths[m.name] for m in layers if m.name in widths}
         if not asked:
             continue
+        if all(w == layer_width(m.module) for m in layers for w in [asked.get(m.name)] if w is not None):
+            continue  # nothing to prune here; members may hold different channel counts (a
+            # Gunn2D stage and its segments, a shuffled stream and the next depthwise conv)
         targets = set(asked.values())
         if len(targets) > 1:
             raise RsnetError(
