@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from rsnet.errors import RsnetError  # noqa: E402
 from rsnet.utils import load_checkpoint_file  # noqa: E402
 
 HEADER = ("| file | model | dataset | classes | input px | epochs | test top-1 | test top-5 | MB | command |\n"
@@ -32,6 +33,8 @@ def release(run_dir: Path, name: str, command: str, out_dir: Path) -> dict:
     if not metrics_path.is_file():
         sys.exit(f"{run_dir} has no metrics.json: the run has not finished")
     metrics = json.loads(metrics_path.read_text())
+    if "test/acc" not in metrics:
+        sys.exit(f"{run_dir} has no test accuracy: release a run that trained and evaluated a model")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     state = load_checkpoint_file(run_dir / "checkpoints" / "model.pt", "trained model")["state_dict"]
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -62,7 +65,11 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the command that produced the run")
     ap.add_argument("--out-dir", type=Path, default=REPO / "checkpoints")
     args = ap.parse_args()
-    print(json.dumps(release(args.run_dir, args.name, args.command, args.out_dir), indent=1))
+    try:
+        meta = release(args.run_dir, args.name, args.command, args.out_dir)
+    except RsnetError as e:  # a missing or corrupt checkpoint: one line, exit 1
+        sys.exit(str(e))
+    print(json.dumps(meta, indent=1))
 
 
 if __name__ == "__main__":
