@@ -138,6 +138,12 @@ def main_logits(output: torch.Tensor | tuple) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise RsnetError(f"the training loss became non-finite by epoch {epoch + 1} step {step}; "
+                         f"lower train.optimizer.lr or use train.precision=fp32")
+
+
 def make_loader(split: Split, data: DataBundle, batch_size: int, rt: Runtime, train: bool,
                 seed: int = 0) -> BatchLoader:
     """Batches of a split; a training loader gives each rank its slice of every global batch."""
@@ -267,16 +273,16 @@ def _fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt
         torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
         loader.set_epoch(epoch)
         model.train()
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        t0, seen = time.perf_counter(), 0
+        # summed on the device: no host sync per step (a GPU runs ahead of the Python loop)
+        loss_sum = torch.zeros((), device=rt.device)
+        correct = torch.zeros((), dtype=torch.long, device=rt.device)
         batches = bar(loader, desc=f"epoch {epoch + 1}", leave=False)
         for step, (x, y) in enumerate(batches):
             with rt.autocast():
                 output = net(x)
                 kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
                 loss = _loss(criterion, output, y, cfg.aux_weight, kd)
-            if not torch.isfinite(loss):
-                raise RsnetError(f"the training loss became {loss.item()} at epoch {epoch + 1} step "
-                                 f"{step}; lower train.optimizer.lr or use train.precision=fp32")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
             scaler.step(optimizer)
@@ -285,10 +291,12 @@ def _fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt
             for hook in hooks:
                 hook.step(epoch * len(loader) + step)
             seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (main_logits(output).argmax(1) == y).sum().item()
-            if step % 20 == 0:
+            loss_sum += loss.detach().float() * len(y)
+            correct += (main_logits(output).argmax(1) == y).sum()
+            if step % 20 == 0 or step == len(loader) - 1:  # a non-finite loss makes the sum so
+                _check_finite(loss_sum, epoch, step)
                 batches.set_postfix(loss=f"{loss.item():.3f}")
+        loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
         train_time = time.perf_counter() - t0
         if rt.dist.enabled:  # the whole job's epoch, and one model on every rank
             seen, loss_sum, correct = distributed.all_reduce_sum([seen, loss_sum, correct], rt.device)

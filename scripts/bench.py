@@ -13,13 +13,14 @@ stage (run directories under outputs/bench/deploy/, resumed when rerun): file si
 Runtime fp32 and int8 test accuracy and agreement, latency of PyTorch eager fp32 and ONNX
 Runtime fp32 / int8 at batch 1 and 32 (2 threads, median of 100 runs).
 
-``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and for fp32 and
-bf16 + channels_last:
+``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and each of
+--modes (fp32, bf16 + channels_last; fp16 + channels_last on CUDA) on --device:
   - rsnet: the real loop (``rsnet.train.fit``: in-memory uint8 batches, batched crop/flip);
   - bare: the model step alone on one in-memory float batch (the compute ceiling);
   - reference: torchvision-reference style, ImageFolder + DataLoader(2 workers) + PIL transforms;
-and, unless --no-accuracy, ResNet-20 trained one epoch from scratch in fp32 and in bf16 + CL
-(test accuracy of each), to check that bf16 costs no accuracy.
+and, unless --no-accuracy, ResNet-20 trained --accuracy-epochs epochs (1) from scratch in each
+mode (test accuracy of each, same seed and batches), to check that bf16 / fp16 cost no accuracy.
+On a GPU: ``python scripts/bench.py train --device cuda --modes fp32 bf16+cl fp16+cl``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from rsnet.data.sources import default_cache_dir  # noqa: E402
 from rsnet.models import build_model  # noqa: E402
 from rsnet.train import fit, predict, resolve_runtime  # noqa: E402
 
-MODES = {"fp32": ("fp32", False), "bf16+cl": ("bf16", True)}
+MODES = {"fp32": ("fp32", False), "bf16+cl": ("bf16", True), "fp16+cl": ("fp16", True)}
 
 
 def compose_cfg(*overrides: str):
@@ -74,10 +75,12 @@ def timed(batches, step, warmup: int, steps: int, batch_size: int) -> float:
     """Images/s over ``steps`` steps after ``warmup`` untimed ones (batch fetch included)."""
     it = iter(batches)
     for _ in range(warmup):
-        step(*next(it))
+        loss = step(*next(it))
+    loss.item()  # a GPU runs ahead of Python: wait for it before and after the timed steps
     t0 = time.perf_counter()
     for _ in range(steps):
-        step(*next(it))
+        loss = step(*next(it))
+    loss.item()
     return steps * batch_size / (time.perf_counter() - t0)
 
 
@@ -131,9 +134,9 @@ def reference(model, rt, folder: Path, batch_size, warmup, steps, mean, std) -> 
     return timed(batches(), step, warmup, steps, batch_size)
 
 
-def one_epoch_accuracy(cfg, data, mode: str) -> float:
+def trained_accuracy(cfg, data, mode: str, epochs: int) -> float:
     precision, cl = MODES[mode]
-    tcfg = OmegaConf.merge(cfg.train, {"epochs": 1, "precision": precision, "channels_last": cl,
+    tcfg = OmegaConf.merge(cfg.train, {"epochs": epochs, "precision": precision, "channels_last": cl,
                                        "optimizer": {"lr": 0.1}})
     rt = resolve_runtime(tcfg)
     torch.manual_seed(0)
@@ -145,14 +148,15 @@ def one_epoch_accuracy(cfg, data, mode: str) -> float:
 
 
 def bench_train(args) -> dict:
-    cfg = compose_cfg("dataset.num_classes=null", "progress=false")
+    cfg = compose_cfg("dataset.num_classes=null", "progress=false", f"train.device={args.device}")
     progress.set_enabled(False)
     data = build_data(cfg.dataset)
     folder = extracted_cifar(data_root(cfg.dataset.root))
     rows = []
     for name in args.models:
         mcfg = compose_cfg(f"model={name}").model
-        for mode, (precision, cl) in MODES.items():
+        for mode in args.modes:
+            precision, cl = MODES[mode]
             tcfg = OmegaConf.merge(cfg.train, {"precision": precision, "channels_last": cl})
             rt = resolve_runtime(tcfg)
             fresh = lambda: rt.prepare(build_model(mcfg, 10))  # noqa: E731
@@ -172,11 +176,14 @@ def bench_train(args) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)
     for name in args.models:
-        fp32, bf16 = (next(r for r in rows if r["model"] == name and r["mode"] == m) for m in MODES)
-        bf16["bf16_speedup"] = bf16["rsnet"] / fp32["rsnet"]
+        ours = {r["mode"]: r for r in rows if r["model"] == name}
+        for mode, row in ours.items():
+            if mode != "fp32" and "fp32" in ours:
+                row["speedup_vs_fp32"] = row["rsnet"] / ours["fp32"]["rsnet"]
     out = {"rows": rows}
     if args.accuracy:
-        out["one_epoch_test_acc"] = {m: one_epoch_accuracy(cfg, data, m) for m in MODES}
+        out["accuracy_epochs"] = args.accuracy_epochs
+        out["test_acc"] = {m: trained_accuracy(cfg, data, m, args.accuracy_epochs) for m in args.modes}
     return out
 
 
@@ -271,15 +278,15 @@ def plan_markdown(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     lines = ["| model | mode | rsnet img/s | bare step img/s | reference img/s | rsnet/bare | "
-             "rsnet/reference | bf16 speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "rsnet/reference | speed-up vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        speedup = f"{r['bf16_speedup']:.2f}x" if "bf16_speedup" in r else ""
+        speedup = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else ""
         lines.append(f"| {r['model']} | {r['mode']} | {r['rsnet']:.0f} | {r['bare']:.0f} | "
                      f"{r['reference']:.0f} | {r['rsnet_vs_bare']:.2f} | "
                      f"{r['rsnet_vs_reference']:.2f} | {speedup} |")
-    if "one_epoch_test_acc" in result:
-        acc = result["one_epoch_test_acc"]
-        lines.append("\nResNet-20 from scratch, one epoch, test accuracy: " +
+    if "test_acc" in result:
+        acc = result["test_acc"]
+        lines.append(f"\nResNet-20 from scratch, {result['accuracy_epochs']} epoch(s), test accuracy: " +
                      ", ".join(f"{m} {a:.4f}" for m, a in acc.items()))
     return "\n".join(lines)
 
@@ -295,11 +302,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best is kept")
     p.add_argument("--no-accuracy", dest="accuracy", action="store_false")
+    p.add_argument("--accuracy-epochs", type=int, default=1, help="train: epochs of the accuracy check")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=["fp32", "bf16+cl"],
+                   help="train: precisions (fp16+cl needs CUDA)")
+    p.add_argument("--device", default="cpu", help="train: cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=None, help="default outputs/bench/<section>.json")
     args = p.parse_args()
     result = {"section": args.section, "machine": {"cpu_threads": torch.get_num_threads(),
               "platform": platform.platform(), "torch": torch.__version__,
-              "processor": platform.processor()}, "args": {k: str(v) for k, v in vars(args).items()}}
+              "processor": platform.processor(),
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}, "args": {k: str(v) for k, v in vars(args).items()}}
     sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),
                 "deploy": (bench_deploy, deploy_markdown)}
     compute, render = sections[args.section]

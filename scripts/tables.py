@@ -94,6 +94,8 @@ def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
         if kind == "prune" and "prune/criterion" not in m:
             out[-1][1] = "none (plan built from scratch)" if "plan/policy" in m else "none (unpruned)"
             out[-1][2] = "-"
+        elif kind == "prune" and m.get("plan/policy") in ("netadapt", "morphnet"):  # search-style
+            out[-1][1] = f"{m['plan/policy']} ({m['prune/criterion']})"
     return out
 
 

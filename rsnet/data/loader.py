@@ -2,7 +2,9 @@
 
 No per-image Python work happens in the epoch loop: a batch is one index into the
 (num_images, 3, H, W) uint8 tensor, one gather for the random crops, one ``where`` for
-the flips and one fused affine for ``/255``, mean and std.
+the flips and one fused affine for ``/255``, mean and std. On a GPU the uint8 images are
+copied to it once per loader and the whole batch is made there; the random draws are the
+CPU generator's either way, so a batch is the same on every device.
 """
 
 from __future__ import annotations
@@ -46,14 +48,15 @@ def apply_crop_flip(x: torch.Tensor, padding: int, oy: torch.Tensor | None, ox: 
                     mask: torch.Tensor | None) -> torch.Tensor:
     """Crop (with zero padding) and flip a batch (any dtype, NCHW) by given draws."""
     n, _, h, w = x.shape
+    dev = x.device
     if oy is not None and ox is not None:
         padded = torch.nn.functional.pad(x, (padding,) * 4)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (n, 1, h, 1)
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (n, 1, 1, w)
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                   rows, cols]
+        rows = (oy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (n, 1, h, 1)
+        cols = (ox.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (n, 1, 1, w)
+        x = padded[torch.arange(n, device=dev)[:, None, None, None],
+                   torch.arange(x.shape[1], device=dev)[None, :, None, None], rows, cols]
     if mask is not None:
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        x = torch.where(mask.to(dev)[:, None, None, None], x.flip(3), x)
     return x
 
 
@@ -86,6 +89,9 @@ class BatchLoader:
         self.shuffle, self.crop_padding, self.flip = shuffle, crop_padding, flip
         self.drop_last, self.seed, self.epoch = drop_last, seed, 0
         self.channels_last, self.device = channels_last, torch.device(device)
+        # On a GPU, the uint8 images live there (one copy per loader; the CPU keeps its own).
+        self.images = split.images.to(self.device) if self.device.type == "cuda" else split.images
+        self.targets = split.targets.to(self.device)
         # x / 255 then (x - mean) / std, folded into one multiply-add.
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * std_t)).to(self.device)
@@ -107,7 +113,8 @@ class BatchLoader:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             m = len(idx)  # this rank's slice of the global batch (all of it in one process)
             part = slice(self.rank * m // self.world_size, (self.rank + 1) * m // self.world_size)
-            x = self.split.images[idx[part]]
+            rows = idx[part].to(self.images.device)
+            x = self.images[rows]
             if augment:  # drawn for the whole batch: the same random stream on every rank
                 draws = draw_crop_flip(m, self.crop_padding, self.flip, g)
                 oy, ox, mask = (d if d is None else d[part] for d in draws)
@@ -115,4 +122,4 @@ class BatchLoader:
             x = x.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.split.targets[idx[part]].to(self.device, non_blocking=True)
+            yield x, self.targets[idx[part].to(self.device)]
