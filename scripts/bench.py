@@ -47,6 +47,7 @@ import rsnet.config  # noqa: E402,F401
 from rsnet import progress  # noqa: E402
 from rsnet.data import build_data, data_root  # noqa: E402
 from rsnet.data.sources import default_cache_dir  # noqa: E402
+from rsnet.errors import RsnetError  # noqa: E402
 from rsnet.models import build_model  # noqa: E402
 from rsnet.train import fit, predict, resolve_runtime  # noqa: E402
 
@@ -308,10 +309,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="train: cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=None, help="default outputs/bench/<section>.json")
     args = p.parse_args()
-    result = {"section": args.section, "machine": {"cpu_threads": torch.get_num_threads(),
-              "platform": platform.platform(), "torch": torch.__version__,
-              "processor": platform.processor(),
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}, "args": {k: str(v) for k, v in vars(args).items()}}
+    machine = {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+               "torch": torch.__version__, "processor": platform.processor(),
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    result = {"section": args.section, "machine": machine,
+              "args": {k: str(v) for k, v in vars(args).items()}}
     sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),
                 "deploy": (bench_deploy, deploy_markdown)}
     compute, render = sections[args.section]
@@ -324,4 +326,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RsnetError as e:  # a bad setting (e.g. --modes fp16+cl on the CPU): one line, exit 1
+        sys.exit(f"error: {e}")
