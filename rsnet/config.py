@@ -40,6 +40,9 @@ class DatasetConfig:
     misc: bool = True  # add a misc class for everything out of scope
     misc_multiplier: float = 1.0  # misc images = m x in-scope images per class
     misc_test: str = "sampled"  # "sampled" (same m on val/test) or "all" out-of-scope test images
+    # share of the out-of-scope classes held out as "unseen": never in misc training or
+    # validation images; their test images judge misc detection on classes never seen
+    unseen_fraction: float = 0.0
     val_fraction: float = 0.1  # held out of train, stratified, seeded
     seed: int = 0
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -61,6 +64,11 @@ class DistillConfig:
     enabled: bool = False  # Hinton's loss against the unpruned, trained baseline (model.checkpoint)
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the distillation term; 1 - alpha weights the hard labels
+    # With a misc class: add a bias to the teacher's misc logit (logsumexp of the out-of-scope
+    # classes), fitted on the validation images so the mapped N-way teacher is calibrated
+    # (distill.json). false = the plain log-sum-exp mapping (the old behaviour, kept for
+    # comparison), whose misc mass over many out-of-scope classes teaches the student "misc".
+    calibrate_misc: bool = True
 
 
 @dataclass
@@ -193,6 +201,14 @@ class ExportConfig:
 
 
 @dataclass
+class OpenSetConfig:
+    """How the misc class decides and is judged (rsnet/openset.py)."""
+
+    score: str = "misc"  # misc | msp | energy: the out-of-scope score the deployed decision thresholds
+    tpr: float = 0.95  # share of in-scope validation images the calibrated threshold keeps
+
+
+@dataclass
 class RunConfig:
     name: str = "default"  # experiment name; part of the run directory
     seed: int = 0
@@ -205,6 +221,7 @@ class RunConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    openset: OpenSetConfig = field(default_factory=OpenSetConfig)
 
 
 # Keys that do not change a run's result: they are left out of the run directory's name

@@ -30,13 +30,19 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> fl
 
 
 def scope_metrics(logits: torch.Tensor, targets: torch.Tensor, misc_label: int) -> dict[str, float]:
-    """Local / global / raw accuracy of an N-way model with a misc output (method.md section 7).
+    """Local / global / raw accuracy of an N-way model with a misc output (method.md section 7),
+    deciding by argmax: see :func:`scope_metrics_of_predictions`."""
+    return scope_metrics_of_predictions(logits.argmax(dim=1), targets, misc_label)
+
+
+def scope_metrics_of_predictions(pred: torch.Tensor, targets: torch.Tensor, misc_label: int
+                                 ) -> dict[str, float]:
+    """Local / global / raw accuracy of (n,) predicted labels against (n,) targets.
 
     local: N-way accuracy on in-scope images (predicting misc for one is an error);
     global: in-scope vs misc, binary, on all images; raw: N-way accuracy on all images.
     Also the misc share of the set and the scores of a constant "misc" predictor.
     """
-    pred = logits.argmax(dim=1)
     in_scope = targets != misc_label
     share = 1.0 - in_scope.double().mean().item()
     return {

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from rsnet import distributed, progress, report
 from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.data import DataBundle, build_data
-from rsnet.distill import DistillationLoss
+from rsnet.distill import DistillationLoss, misc_calibration, subset_teacher_logits
 from rsnet.errors import RsnetError
 from rsnet.data.loader import BatchLoader
 from rsnet.deploy import CALIB_METHODS, export_onnx, onnx_logits, open_session, quantize_int8
@@ -37,6 +37,7 @@ from rsnet.budget import make_budget
 from rsnet.graph import analyze
 from rsnet.models import build_model, subset_head
 from rsnet.models.widths import INITS, build_at_widths
+from rsnet.openset import openset_metrics
 from rsnet.plan import WidthPlan
 from rsnet.prune import (DATA_DRIVEN, calibration_batches, current_widths, load_pruned,
                          prune_to_widths, reinitialize, save_pruned, width_schedule)
@@ -98,7 +99,7 @@ def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
     """The trained baseline (C-way) on the full test set and on the subset's test images."""
     def compute() -> dict:
         full = data if data.subset is None else build_data(
-            OmegaConf.merge(cfg.dataset, {"num_classes": None, "classes": None}))
+            OmegaConf.merge(cfg.dataset, {"num_classes": None, "classes": None, "unseen_fraction": 0.0}))
         m = rt.prepare(model)
         logits = predict(m, full.test, full, rt, cfg.train.eval_batch_size, "baseline test")
         out = {f"baseline/test/{k}": v for k, v in split_metrics(logits, full.test, None).items()}
@@ -106,8 +107,26 @@ def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
             sub = predict(m, data.test, data, rt, cfg.train.eval_batch_size, "baseline subset")
             scope = baseline_scope_metrics(sub, data.test.orig_labels, data.subset)
             out.update({f"baseline/test/{k}": v for k, v in scope.items()})
+        if data.misc_label is not None:  # Psi as an N-way model: the honest reference for Psi'
+            def mapped(split):
+                logits = predict(m, split, data, rt, cfg.train.eval_batch_size, "baseline mapped")
+                return subset_teacher_logits(logits, data.subset)
+            out.update({f"baseline/mapped/{k}": v for k, v in nway_metrics(cfg, mapped, data).items()})
         return out
     return _cached_json(run_dir / "baseline_metrics.json", compute)
+
+
+def nway_metrics(cfg: DictConfig, logits_of: Callable, data: DataBundle,
+                 test_logits: torch.Tensor | None = None) -> dict:
+    """The test metrics of an N-way model with a misc output: argmax local / global / raw
+    (``test/...``), and its misc detector with a threshold calibrated on validation
+    (``test/cal/...``, ``openset/...``). ``logits_of(split)`` gives (n, N) logits."""
+    test = logits_of(data.test) if test_logits is None else test_logits
+    out = {f"test/{k}": v for k, v in split_metrics(test, data.test, data.misc_label).items()}
+    unseen = logits_of(data.unseen) if data.unseen is not None else None
+    out.update(openset_metrics((logits_of(data.val), data.val.targets), (test, data.test.targets),
+                               unseen, data.misc_label, cfg.openset.score, cfg.openset.tpr))
+    return out
 
 
 def stage_plan(cfg: DictConfig, baseline: torch.nn.Module, data: DataBundle, run_dir: Path
@@ -273,15 +292,41 @@ def _fit(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path,
     distill = None
     if cfg.train.distill.enabled:
         d = cfg.train.distill  # a teacher exists: see check_settings
-        distill = DistillationLoss(rt.prepare(teacher), d.temperature, d.alpha, data.subset)
+        teacher, bias = rt.prepare(teacher), 0.0
+        path = run_dir / "distill.json"
+
+        def calibrate() -> float:  # rank 0 alone: it reads and writes the run directory
+            if path.exists():  # a resumed run keeps the bias its earlier epochs trained with
+                bias_ = float(json.loads(path.read_text())["misc_bias"])
+                log.info("distillation: teacher misc logit bias %.4f from %s", bias_, path.name)
+                return bias_
+            # the C-way teacher on the subset's validation images (labels: 0 = misc)
+            logits = predict(teacher, data.val, data, rt.local(), cfg.train.eval_batch_size,
+                             "teacher val")
+            summary = misc_calibration(logits, data.val.targets, data.subset)
+            atomic_write_json(path, summary)
+            log.info("distillation: teacher misc logit bias %.4f; the mapped teacher's val local "
+                     "accuracy %.4f -> %.4f (%s)", summary["misc_bias"],
+                     summary["before/acc_local"], summary["after/acc_local"], path.name)
+            return summary["misc_bias"]
+
+        if d.calibrate_misc and data.subset is not None and data.subset.misc:
+            # the plain mapping sums every out-of-scope class into misc and teaches "misc"
+            bias = distributed.on_main(calibrate, rt.dist)
+        distill = DistillationLoss(teacher, d.temperature, d.alpha, data.subset, misc_bias=bias)
     return fit(model, data, cfg.train, rt, run_dir / "checkpoints", cfg.seed, distill=distill,
                hooks=hooks)
 
 
 def stage_evaluate(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_dir: Path) -> dict:
     def compute() -> dict:
-        logits = predict(model, data.test, data, rt, cfg.train.eval_batch_size, "test")
-        out = {f"test/{k}": v for k, v in split_metrics(logits, data.test, data.misc_label).items()}
+        def logits_of(split, desc="eval"):
+            return predict(model, split, data, rt, cfg.train.eval_batch_size, desc)
+        logits = logits_of(data.test, "test")
+        if data.misc_label is None:
+            out = {f"test/{k}": v for k, v in split_metrics(logits, data.test, None).items()}
+        else:
+            out = nway_metrics(cfg, logits_of, data, logits)
         out.update(_cost(model, cfg.model.input_size, "model"))
         if cfg.compression.sparsity.enabled:
             report_ = sparsity_report(model)
@@ -299,11 +344,14 @@ def _split_batches(data: DataBundle, split: str, batch_size: int):
     return (x for x, _ in BatchLoader(getattr(data, split), batch_size, data.mean, data.std))
 
 
-def stage_export(cfg: DictConfig, model, data: DataBundle, run_dir: Path) -> dict:
+def stage_export(cfg: DictConfig, model, data: DataBundle, run_dir: Path,
+                 threshold: float | None = None) -> dict:
     """ONNX export (export/model.onnx), verified against PyTorch fp32 on seeded test images;
     test accuracy with ONNX Runtime; with ``export.int8`` the calibrated int8 model
     (export/model_int8.onnx) and its accuracy and agreement; latency of PyTorch eager fp32 and
     ONNX Runtime fp32 / int8 at ``export.latency.batch_sizes`` with a fixed thread count.
+    The misc threshold calibrated on validation (``threshold``) travels in the files' metadata,
+    so a deployed model says misc as the evaluation did.
     """
     ex = cfg.export
     out_dir = run_dir / "export"
@@ -319,6 +367,8 @@ def stage_export(cfg: DictConfig, model, data: DataBundle, run_dir: Path) -> dic
         meta = {"class_names": data.class_names, "misc_label": data.misc_label, "input_size": size,
                 "mean": list(data.mean), "std": list(data.std), "model": cfg.model.name,
                 "dataset": cfg.dataset.name, "run": cfg.name}
+        if threshold is not None:
+            meta.update({"misc_score": cfg.openset.score, "misc_threshold": threshold})
         fp32 = export_onnx(net, out_dir / "model.onnx", size, ex.opset, ex.dynamic_batch, meta,
                            compact=ex.compact)
         session = open_session(fp32, ex.latency.threads)
@@ -464,7 +514,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         return metrics
 
     if cfg.export.name != "none":
-        metrics.update(stage_export(cfg, model, data, run_dir))
+        metrics.update(stage_export(cfg, model, data, run_dir, metrics.get("openset/threshold")))
     if last == STAGES.index("export"):
         return metrics
 

@@ -79,6 +79,32 @@ def deployment_lines(metrics: dict) -> list[str]:
     return lines
 
 
+OPENSET_ROWS = [("local acc, argmax", "test/acc_local"), ("local acc, calibrated misc", "test/cal/acc_local"),
+                ("global acc, calibrated misc", "test/cal/acc_global"),
+                ("raw acc, calibrated misc", "test/cal/acc_raw")] + [
+    (f"{label} {split}, {score}", f"openset/{split}/{key}_{score}")
+    for split in ("seen", "unseen") for label, key in (("AUROC", "auroc"), ("FPR@95TPR", "fpr95"))
+    for score in ("misc", "msp", "energy")]
+
+
+def openset_lines(metrics: dict) -> list[str]:
+    """Psi as an N-way model (its C logits mapped onto the N outputs) beside the final model:
+    accuracies with the misc threshold calibrated on validation, and misc detection."""
+    if "openset/threshold" not in metrics:
+        return []
+    lines = ["", "## Misc detection (open set)", "",
+             f"Misc is decided by the `{metrics['openset/score']}` score above a threshold that keeps "
+             f"{metrics['openset/tpr']:.0%} of the in-scope validation images "
+             f"({metrics['openset/threshold']:.4g}). AUROC / FPR@95TPR: in-scope test images against "
+             "the test split's misc images (seen) and the held-out classes' test images (unseen).", "",
+             "| metric | baseline as N-way | final |", "|---|---:|---:|"]
+    for label, key in OPENSET_ROWS:
+        if key in metrics or f"baseline/mapped/{key}" in metrics:
+            lines.append(f"| {label} | {_fmt(metrics.get(f'baseline/mapped/{key}'))} | "
+                         f"{_fmt(metrics.get(key))} |")
+    return lines
+
+
 def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> str:
     n, c = data.num_outputs, len(data.base_class_names)
     scope = (f"{n} outputs: {n - 1} classes + misc" if data.misc_label is not None else f"{n} classes")
@@ -115,6 +141,7 @@ def summary_markdown(metrics: dict, data: DataBundle, history: list[dict]) -> st
         if "plan/budget" in metrics:
             lines.append(f"- budget {metrics['plan/budget']:,.0f} {metrics['plan/budget_unit']}, "
                          f"used {metrics['plan/budget_used']:.2%}; see plan.json")
+    lines += openset_lines(metrics)
     lines += deployment_lines(metrics)
     if history:
         lines += ["", f"## Training ({len(history)} epochs, selected epoch "

@@ -50,6 +50,7 @@ def test_the_thesis_experiments_are_the_thesis_setting(name):
     assert cfg.model.name == {"googlenet": "googlenet_rs", "mobilenet": "mobilenet_v1"}[family]
     assert cfg.dataset.name == "tiny_imagenet" and cfg.model.input_size == 64
     assert cfg.dataset.num_classes == int(n.removesuffix("cls")) and cfg.dataset.misc
+    assert cfg.dataset.unseen_fraction == 0.2  # misc detection judged on unseen classes too
     assert cfg.scaling.name == "rs" and cfg.scaling.budget.rule == "thesis"
     assert cfg.scaling.budget.lam == 0.045 and cfg.scaling.budget.unit == "params"
     assert cfg.model.checkpoint is None and cfg.compression.name == "none"  # Psi' from scratch
@@ -75,6 +76,8 @@ def test_the_baseline_experiments_train_all_200_classes_from_scratch(name):
     cfg = compose_cfg(f"experiment={name}")
     assert cfg.dataset.name == "tiny_imagenet" and cfg.dataset.num_classes is None
     assert cfg.scaling.name == "none" and cfg.model.checkpoint is None
+    # the strong-baseline recipe (scripts/baselines.sh)
+    assert cfg.train.epochs == 16 and cfg.train.loss.label_smoothing == 0.1
 
 
 def _image_folder(root: Path) -> Path:

@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from rsnet.config import AugmentConfig, DatasetConfig
 from rsnet.data.loader import Split
 from rsnet.data.sources import RawDataset, default_cache_dir
-from rsnet.data.subsets import ClassSubset, choose_classes, split_train_val, subset_indices
+from rsnet.data.subsets import (ClassSubset, choose_classes, hold_out_unseen, split_train_val,
+                                subset_indices)
 from rsnet.errors import RsnetError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     augment: AugmentConfig
+    unseen: Split | None = None  # test images of the unseen out-of-scope classes (labelled misc)
 
     @property
     def num_outputs(self) -> int:
@@ -57,7 +59,10 @@ class DataBundle:
                 {"label": self.class_names.index(self.base_class_names[c]), "name":
                  self.base_class_names[c], "original_label": c} for c in self.subset.classes],
             "misc_label": self.misc_label,
-            "split_sizes": {s: len(getattr(self, s)) for s in ("train", "val", "test")},
+            "unseen": None if self.subset is None else [
+                {"name": self.base_class_names[c], "original_label": c} for c in self.subset.unseen],
+            "split_sizes": {s: len(getattr(self, s)) for s in ("train", "val", "test", "unseen")
+                            if getattr(self, s) is not None},
             "misc_composition": self.misc_composition,
         }
 
@@ -89,6 +94,11 @@ def build_data(cfg: DatasetConfig) -> DataBundle:
     base = raw.class_names
     subset = choose_classes(base, cfg.num_classes, cfg.misc, cfg.seed,
                             list(cfg.classes) if cfg.classes else None)
+    if subset is not None:
+        subset = hold_out_unseen(subset, cfg.unseen_fraction, cfg.seed)
+    elif cfg.unseen_fraction:
+        raise RsnetError(f"dataset.unseen_fraction={cfg.unseen_fraction} needs a class subset "
+                         f"(dataset.num_classes or dataset.classes)")
     if cfg.misc_test not in ("sampled", "all"):
         raise RsnetError(f"dataset.misc_test={cfg.misc_test!r}: use 'sampled' or 'all'")
     train_idx, val_idx = split_train_val(raw.train.labels, cfg.val_fraction, cfg.seed)
@@ -106,8 +116,12 @@ def build_data(cfg: DatasetConfig) -> DataBundle:
         splits[name] = _make_split(rs.images, rs.labels, idx, lookup)
     if len(splits["val"]) == 0:
         raise RsnetError("the validation split is empty: raise dataset.val_fraction")
+    unseen = None
+    if subset is not None and subset.unseen:  # all their test images, labelled misc
+        idx = torch.isin(raw.test.labels, torch.tensor(subset.unseen)).nonzero().flatten()
+        unseen = _make_split(raw.test.images, raw.test.labels, idx, subset.lookup())
     names = subset.names(base) if subset else list(base)
     log.info("data %s: %d outputs, train/val/test %d/%d/%d images", cfg.name, len(names),
              len(splits["train"]), len(splits["val"]), len(splits["test"]))
     return DataBundle(splits["train"], splits["val"], splits["test"], names, base, subset,
-                      composition, list(cfg.mean), list(cfg.std), cfg.augment)
+                      composition, list(cfg.mean), list(cfg.std), cfg.augment, unseen)

@@ -22,11 +22,15 @@ class ClassSubset:
     """The in-scope classes (original label indices, in new-label order) and whether misc exists.
 
     New labels: with misc, misc = 0 and in-scope class k -> k + 1; without misc, k -> k.
+    ``unseen``: out-of-scope classes held out of every misc training and validation image, so
+    that misc detection can be judged on classes the model never saw (their test images
+    are labelled misc).
     """
 
     classes: tuple[int, ...]
     misc: bool
     num_base_classes: int
+    unseen: tuple[int, ...] = ()
 
     @property
     def num_outputs(self) -> int:
@@ -84,6 +88,30 @@ def choose_classes(base_names: list[str], num_classes: int | None, misc: bool, s
     return ClassSubset(tuple(chosen), misc, total)
 
 
+def hold_out_unseen(subset: ClassSubset, fraction: float, seed: int) -> ClassSubset:
+    """The subset with a seeded share of its out-of-scope classes marked unseen.
+
+    round(fraction x out-of-scope classes) classes are drawn; at least one out-of-scope class
+    stays seen, so misc still has training images.
+    """
+    if not 0 <= fraction < 1:
+        raise RsnetError(f"dataset.unseen_fraction={fraction} must be in [0, 1)")
+    if fraction == 0:
+        return subset
+    if not subset.misc:
+        raise RsnetError("dataset.unseen_fraction > 0 needs a misc class (dataset.misc=true): "
+                         "unseen classes are judged by misc detection")
+    chosen = set(subset.classes)
+    others = [c for c in range(subset.num_base_classes) if c not in chosen]
+    n = round(fraction * len(others))
+    if n >= len(others):
+        raise RsnetError(f"dataset.unseen_fraction={fraction} leaves no out-of-scope class for "
+                         f"misc training ({len(others)} exist); lower it")
+    g = torch.Generator().manual_seed(seed * 13 + 5)
+    unseen = sorted(others[i] for i in torch.randperm(len(others), generator=g)[:n].tolist())
+    return ClassSubset(subset.classes, subset.misc, subset.num_base_classes, tuple(unseen))
+
+
 def split_train_val(labels: torch.Tensor, val_fraction: float, seed: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified, seeded split of indices into (train, val); every class keeps its share."""
@@ -105,14 +133,15 @@ def subset_indices(labels: torch.Tensor, subset: ClassSubset, misc_multiplier: f
     """Indices of one split's subset: every in-scope image plus the sampled misc images.
 
     misc size = round(misc_multiplier x mean in-scope images per class), drawn without
-    replacement from out-of-scope images only (or all of them with ``misc_all``).
-    Returns the sorted indices and the misc composition {original label: count}.
+    replacement from the out-of-scope images of seen classes only (or all of them with
+    ``misc_all``); images of ``subset.unseen`` classes are never drawn. Returns the sorted indices and the misc composition {original label: count}.
     """
     in_scope = torch.isin(labels, torch.tensor(subset.classes))
     keep = in_scope.nonzero().flatten()
     composition: Counter = Counter()
     if subset.misc:
-        pool = (~in_scope).nonzero().flatten()
+        seen_misc = ~in_scope & ~torch.isin(labels, torch.tensor(subset.unseen, dtype=torch.long))
+        pool = seen_misc.nonzero().flatten()
         per_class = len(keep) / len(subset.classes)
         n_misc = len(pool) if misc_all else round(misc_multiplier * per_class)
         if n_misc > len(pool):

@@ -5,7 +5,9 @@
 
 The model file carries its class names (the misc class, when the model has one, is named
 ``misc``: "none of the classes this model was sized for"), input size and normalisation, so
-nothing else is needed. Images are decoded as in training: shorter side resized to the
+nothing else is needed. A model with a misc class also carries the misc threshold calibrated
+on validation (rsnet/openset.py): an image whose out-of-scope score exceeds it is answered
+``misc``, else its most likely in-scope class (``--argmax`` answers by plain argmax instead). Images are decoded as in training: shorter side resized to the
 input size, centre crop, RGB.
 """
 
@@ -17,10 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rsnet.data.sources import decode_image
 from rsnet.deploy.onnx_io import open_session, read_metadata
 from rsnet.errors import RsnetError
+from rsnet.openset import decide
 
 REQUIRED = ("class_names", "input_size", "mean", "std")
 
@@ -32,7 +36,7 @@ class Classifier:
     >>> clf.classify(["cat.jpg"], top=2)  # [[("cat", 0.91), ("misc", 0.05)]]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, use_threshold: bool = True):
         self.path = Path(path)
         self.session = open_session(self.path, threads)
         meta = read_metadata(self.session)
@@ -46,6 +50,9 @@ class Classifier:
         self.mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
         self.std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
         self.input_name = self.session.get_inputs()[0].name
+        # the calibrated misc decision (absent in models without misc or exported before it)
+        self.misc_score: str | None = meta.get("misc_score") if use_threshold else None
+        self.misc_threshold: float | None = meta.get("misc_threshold") if use_threshold else None
 
     def preprocess(self, files: Sequence[str | Path]) -> np.ndarray:
         """(n, 3, S, S) float32, normalised as in training."""
@@ -58,20 +65,39 @@ class Classifier:
         x = np.stack(images).astype(np.float32) / 255.0
         return (x - self.mean) / self.std
 
-    def probabilities(self, files: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
-        """Softmax probabilities (n, classes) for image files."""
-        out = []
-        for i in range(0, len(files), batch_size):
-            logits = self.session.run(None, {self.input_name: self.preprocess(files[i:i + batch_size])})[0]
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            out.append(e / e.sum(1, keepdims=True))
+    def logits(self, files: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
+        """The model's logits (n, classes) for image files."""
+        out = [self.session.run(None, {self.input_name: self.preprocess(files[i:i + batch_size])})[0]
+               for i in range(0, len(files), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
+    @staticmethod
+    def _softmax(logits: np.ndarray) -> np.ndarray:
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def probabilities(self, files: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
+        """Softmax probabilities (n, classes) for image files."""
+        return self._softmax(self.logits(files, batch_size))
+
+    def decisions(self, logits: np.ndarray) -> np.ndarray:
+        """(n,) answered labels: the calibrated misc decision where the model carries one,
+        else the argmax."""
+        if self.misc_threshold is None or self.misc_label is None:
+            return logits.argmax(1)
+        return decide(torch.from_numpy(logits), self.misc_label, self.misc_score or "misc",
+                      float(self.misc_threshold)).numpy()
+
     def classify(self, files: Sequence[str | Path], top: int = 1) -> list[list[tuple[str, float]]]:
-        """Per file, the ``top`` (class name, probability) pairs, most likely first."""
-        probs = self.probabilities(files)
-        order = np.argsort(-probs, axis=1)[:, :top]
-        return [[(self.class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+        """Per file, the answer first, then the next most likely classes: ``top`` (class name,
+        probability) pairs."""
+        logits = self.logits(files)
+        probs, answers = self._softmax(logits), self.decisions(logits)
+        out = []
+        for p, a in zip(probs, answers):
+            rest = [j for j in np.argsort(-p) if j != a][:top - 1]
+            out.append([(self.class_names[j], float(p[j])) for j in [int(a), *rest]])
+        return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,9 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=1, help="classes to show per image")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--argmax", action="store_true",
+                   help="answer by plain argmax, ignoring the calibrated misc threshold")
     args = p.parse_args(argv)
     try:
-        clf = Classifier(args.model, args.threads)
+        clf = Classifier(args.model, args.threads, use_threshold=not args.argmax)
         results = clf.classify(args.images, max(1, args.top))
     except RsnetError as e:
         print(f"rsnet error: {e}", file=sys.stderr)
