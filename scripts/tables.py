@@ -3,6 +3,7 @@
     python scripts/tables.py prune <run dir or sweep dir> ...   # pruning comparison
     python scripts/tables.py runs  <run dir or sweep dir> ...   # one row per run, main metrics
     python scripts/tables.py thesis <run dir or sweep dir> ... [--out DIR]
+    python scripts/tables.py stats  <run dir or sweep dir> ... [--out DIR]
 
 thesis: (1) per model and N, Psi (the C-way baseline on the subset, from runs given a
 model.checkpoint), Psi' by rs from scratch and carved + fine-tuned, uniform scaling at the same
@@ -11,6 +12,15 @@ predictor's global accuracy, time to synthesize (plan + training); (2) compressi
 export or magnitude pruning): sparsity, ONNX fp32 / int8 size, accuracy and batch-1 latency.
 --out DIR writes thesis.md, thesis.tex, thesis_{synthesis,compression}.csv and the plots
 acc_vs_params.png, acc_vs_macs.png (local accuracy, one panel per N, one series per network).
+
+stats: conclusions from several seeds. (1) One row per model, dataset, N, network and lambda
+(everything but the seed), plus "Psi (mapped N-way)" from the runs' baseline/mapped/* metrics:
+"mean ± sd (n seeds)" of the accuracies (plain and calibrated), open-set AUROC / FPR95 and cost.
+(2) Paired differences A - B matched seed by seed, with a 95 % Student-t interval and a verdict
+only where it excludes 0: rs vs uniform, carved vs from scratch, and Psi' (carved where it
+exists) vs Psi fine-tuned and vs Psi mapped. Runs of one row and seed count once; if their values
+differ, that seed is left out and the exit status is 1. --out DIR writes stats.md,
+stats_rows.csv (one line per row and metric) and stats_pairs.csv.
 
 A sweep directory is searched for run directories (folders holding config.yaml); a run
 without metrics.json (killed, failed or still running) shows as "missing", never as zeros;
@@ -23,6 +33,8 @@ import argparse
 import csv
 import io
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -148,6 +160,7 @@ def thesis_entries(dirs: list[Path]) -> list[dict]:
         compressed = conf(cfg, "export.name") not in (None, "none") or \
             conf(cfg, "compression.name") == "magnitude"
         entries.append({**common, "network": name, "rank": rank, "lambda": lam, "m": m, "run": label,
+                        "seed": conf(cfg, "seed"),
                         "tables": ["synthesis", "compression"] if compressed else ["synthesis"]})
         if "baseline/test/acc_local" in m:
             psi = {"model/params": m.get("baseline/params"), "model/macs": m.get("baseline/macs"),
@@ -158,9 +171,13 @@ def thesis_entries(dirs: list[Path]) -> list[dict]:
                 psi_seen.add(key)
                 entries.append({**common, "network": "Psi (C-way baseline)", "rank": 0, "lambda": None,
                                 "m": psi, "run": label, "tables": ["synthesis"]})
-    return sorted(entries, key=lambda e: (str(e["model"]), str(e["dataset"]),
-                                          e["N"] if isinstance(e["N"], int) else 10**9,
-                                          e["rank"], e["lambda"] or 0, e["run"]))
+    return sorted(entries, key=entry_order)
+
+
+def entry_order(e: dict) -> tuple:
+    """Tables list model, dataset, N, then Psi before Psi' before uniform, then lambda."""
+    return (str(e["model"]), str(e["dataset"]), e["N"] if isinstance(e["N"], int) else 10**9,
+            e["rank"], e["lambda"] or 0, e["run"])
 
 
 def thesis_table(entries: list[dict], table: str) -> tuple[list[str], list[list[str]]]:
@@ -248,13 +265,187 @@ def thesis(paths: list[Path], out: Path | None) -> None:
         plot(entries, "model/macs", "MACs", out / "acc_vs_macs.png")
 
 
+# stats: the write-up draws conclusions only from several seeds (mean ± sd per row, paired CIs).
+STATS_METRICS = ["test/acc_local", "test/acc_global", "test/acc_raw", "test/cal/acc_local",
+                 "test/cal/acc_global", "openset/seen/auroc_misc", "openset/unseen/auroc_misc",
+                 "openset/unseen/fpr95_misc", "model/params", "model/macs"]
+PAIR_METRICS = ["test/acc_local", "test/cal/acc_local", "openset/unseen/auroc_misc"]
+MAPPED = "baseline/mapped/"  # Psi evaluated as an N-way model, in the run's own metrics
+RS, UNIFORM = "Psi' (rs), from scratch", "uniform, from scratch"
+PSI_FT, PSI_MAPPED = "full width, fine-tuned", "Psi (mapped N-way)"
+CI_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-seed differences A - B (Student t; "
+             "sd with n-1; only seeds both rows have); a verdict only where the interval excludes 0.")
+Row = tuple  # THESIS_KEYS values: model, dataset, N, network, lambda (all but the seed)
+
+
+def number(v) -> bool:
+    """A metric value to average (bools are flags, strings are names)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def seed_order(item: tuple) -> tuple:
+    """Sort (seed, ...) items by seed: integers numerically, anything else (None) after them."""
+    s = item[0]
+    return (not isinstance(s, int), s if isinstance(s, int) else str(s))
+
+
+def stats_entries(dirs: list[Path]) -> list[dict]:
+    """Finished runs (thesis_entries, with their seeds) plus a Psi (mapped N-way) entry from every
+    run that evaluated it. The C-way Psi entry is left out: thesis_entries keeps one per distinct
+    value, not one per seed."""
+    entries = thesis_entries(dirs)
+    unfinished = sum(not e["m"] for e in entries)
+    if unfinished:
+        print(f"note: {unfinished} run(s) without metrics.json left out", file=sys.stderr)
+    runs = [e for e in entries if e["m"] and e["network"] != "Psi (C-way baseline)"]
+    psi = [{**e, "network": PSI_MAPPED, "rank": 0, "lambda": None,
+            "m": {k.removeprefix(MAPPED): v for k, v in e["m"].items() if k.startswith(MAPPED)}}
+           for e in runs if f"{MAPPED}test/acc_local" in e["m"]]
+    return sorted(runs + psi, key=entry_order)
+
+
+def differing(a: dict, b: dict) -> list[str]:
+    """The metrics on which two runs' values differ (floats beyond rounding noise)."""
+    def eq(x, y) -> bool:
+        return x == y or (number(x) and number(y) and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12))
+    return [k for k in STATS_METRICS if not eq(a.get(k), b.get(k))]
+
+
+def by_seed(entries: list[dict]) -> tuple[dict[Row, dict], list[str]]:
+    """{row: {seed: metrics}} in table order, and the errors where runs of a row and seed disagree.
+
+    Runs of one row and seed are one sample: the same run found twice, or Psi evaluated again by
+    every run of that seed, counts once. Differing values mean the row mixes configurations (or a
+    bug), so that seed is left out of the row rather than one of the values picked arbitrarily."""
+    groups: dict[Row, dict] = {}
+    first: dict[tuple, str] = {}
+    errors = []
+    for e in entries:
+        row, seed = tuple(e[k] for k in THESIS_KEYS), e["seed"]
+        seeds, values = groups.setdefault(row, {}), {k: e["m"].get(k) for k in STATS_METRICS}
+        if seed not in seeds:
+            seeds[seed], first[row, seed] = values, e["run"]
+        elif seeds[seed] is not None and (diff := differing(seeds[seed], values)):
+            errors.append(f"error: {' / '.join(map(str, row))}, seed {seed}: {first[row, seed]} and "
+                          f"{e['run']} differ in {', '.join(diff)}; seed {seed} left out of this row")
+            seeds[seed] = None
+    return {row: {s: m for s, m in sorted(seeds.items(), key=seed_order) if m is not None}
+            for row, seeds in groups.items()}, errors
+
+
+def mean_sd(xs: list[float]) -> tuple[int, float | None, float | None]:
+    """n, mean and sample standard deviation (n-1; None for n < 2)."""
+    n = len(xs)
+    return n, statistics.fmean(xs) if n else None, statistics.stdev(xs) if n > 1 else None
+
+
+def row_keys(row: Row) -> list[str]:
+    """A row's identifying cells, "-" for no lambda (unscaled networks)."""
+    return [fmt(v) if v is not None else "-" for v in row]
+
+
+def stats_rows(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """The per-row table, one "mean ± sd (n)" cell per metric that any row has, and its long form
+    (one line per row and metric, for the CSV)."""
+    present = [k for k in STATS_METRICS if any(number(m.get(k)) for s in groups.values() for m in s.values())]
+    header = THESIS_KEYS + ["seeds"] + present
+    long_header = THESIS_KEYS + ["seeds", "metric", "n", "mean", "sd"]
+    table, long = [], []
+    for row, seeds in groups.items():
+        keys, seed_list = row_keys(row), ", ".join(map(str, seeds))
+        cells = []
+        for k in present:
+            n, mean, sd = mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+            sd_text = "-" if sd is None else fmt(sd)
+            cells.append(f"{fmt(mean)} ± {sd_text} ({n})" if n else "-")
+            if n:
+                long.append(keys + [seed_list, k, str(n), fmt(mean), sd_text])
+        table.append(keys + [seed_list] + cells)
+    return header, table, long_header, long
+
+
+def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
+    """(name, A, B) of each pair of rows to compare, within one model, dataset, N and lambda. Psi
+    rows (full width, mapped) are unscaled, hence without lambda: Psi' of every lambda meets them.
+    The best Psi' is the carved one (one pair per criterion) where it exists, else from scratch."""
+    have, out = set(rows), []
+    for model, dataset, n, lam in dict.fromkeys((r[0], r[1], r[2], r[4]) for r in rows):
+        def row(network: str, lam_: float | None = lam) -> Row | None:
+            return (model, dataset, n, network, lam_) if (model, dataset, n, network, lam_) in have else None
+        scratch = row(RS)
+        # a magnitude-pruned carved network ends in ", magnitude-pruned <s>": another network
+        carved = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
+                  and r[3].startswith("Psi' (rs), carved") and r[3].endswith("+ fine-tuned")]
+        pairs = [("rs vs uniform", scratch, row(UNIFORM))]
+        pairs += [("carved vs scratch", c, scratch) for c in carved]
+        for best in carved or [scratch]:
+            pairs += [("Psi' vs Psi fine-tuned", best, row(PSI_FT, None)),
+                      ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
+        out += [p for p in pairs if p[1] and p[2]]
+    return out
+
+
+def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | None, str]:
+    """Mean difference, 95 % Student-t interval and verdict of paired differences A - B."""
+    from scipy.stats import t
+
+    n, mean, sd = mean_sd(diffs)
+    if n < 2:
+        return mean, None, None, "not resolved (n<2)"
+    half = t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    low, high = mean - half, mean + half
+    return mean, low, high, "A > B" if low > 0 else "A < B" if high < 0 else "not resolved"
+
+
+def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
+    """One line per comparison and metric that both rows have: n pairs, mean A - B, CI, verdict."""
+    header = ["model", "dataset", "N", "lambda", "comparison", "A", "B", "metric", "n",
+              "mean A - B", "CI low", "CI high", "verdict"]
+    table = []
+    for name, a, b in comparisons(list(groups)):
+        sa, sb = groups[a], groups[b]
+        for k in PAIR_METRICS:
+            xa = {s: m[k] for s, m in sa.items() if number(m.get(k))}
+            xb = {s: m[k] for s, m in sb.items() if number(m.get(k))}
+            if not xa or not xb:  # a metric one row never has (e.g. runs from before it existed)
+                continue
+            diffs = [xa[s] - xb[s] for s in xa if s in xb]
+            mean, low, high, verdict = paired_ci(diffs)
+            numbers = ["-" if v is None else fmt(float(v)) for v in (mean, low, high)]
+            table.append(row_keys(a[:3] + a[4:]) + [name, a[3], b[3], k, str(len(diffs))]
+                         + numbers + [verdict])
+    return header, table
+
+
+def stats(paths: list[Path], out: Path | None) -> int:
+    """Print (and with out, write) the per-row and paired tables; 1 where runs disagreed."""
+    groups, errors = by_seed(stats_entries(run_dirs(paths)))
+    for line in errors:
+        print(line, file=sys.stderr)
+    header, body, long_header, long = stats_rows(groups)
+    pair_header, pairs = stats_pairs(groups)
+    md = ("## Over seeds: mean ± sd (n seeds)\n\n" + markdown(header, body) +
+          "\n## Paired differences A - B, matched seed by seed\n\n" + CI_METHOD + "\n\n" +
+          markdown(pair_header, pairs))
+    print(md, end="")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stats.md").write_text(md)
+        write_csv(out / "stats_rows.csv", long_header, long)
+        write_csv(out / "stats_pairs.csv", pair_header, pairs)
+    return 1 if errors else 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS) + ["thesis"])
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs)")
-    p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here")
+    p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
+                   "stats: stats.md, stats_rows.csv, stats_pairs.csv")
     args = p.parse_args()
+    if args.kind == "stats":
+        sys.exit(stats(args.paths, args.out))
     if args.kind == "thesis":
         thesis(args.paths, args.out)
         return

@@ -1,10 +1,16 @@
 """scripts/tables.py: rows from metrics.json; a run without metrics.json shows as missing."""
 
+import importlib.util
 import json
+import math
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+import yaml
+
+from conftest import REPO, TINY, compose_cfg
+from test_experiments import FAST, sweep, tables
 
 
 def fake_run(path, name, metrics=None):
@@ -30,10 +36,10 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 
 
-def thesis_run(path, scaling="rs", compression="none", metrics=None):
+def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0):
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(
-        f"name: g\nmodel: {{name: googlenet_rs, checkpoint: psi.pt}}\n"
+        f"name: g\nseed: {seed}\nmodel: {{name: googlenet_rs, checkpoint: psi.pt}}\n"
         f"dataset: {{name: tiny_imagenet, num_classes: 5}}\nexport: {{name: int8}}\n"
         f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045}}}}\n"
         f"compression: {{name: {compression}, criterion: l1}}\n")
@@ -78,3 +84,174 @@ def test_thesis_tables_show_psi_each_policy_and_missing_runs(tmp_path):
     assert "missing" in (t / "thesis.md").read_text()
     assert (t / "acc_vs_params.png").read_bytes()[:4] == b"\x89PNG"
     assert (t / "acc_vs_macs.png").stat().st_size > 1000
+
+
+def load_tables():
+    spec = importlib.util.spec_from_file_location("tables", REPO / "scripts" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stats_cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "stats", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def md_rows(out, section):
+    """A markdown table's body rows (cells) from the stats output's section 0 (rows) or 1 (pairs)."""
+    part = out.split("## Paired")[section]
+    return [r.removeprefix("| ").removesuffix(" |").split(" | ") for r in part.splitlines()
+            if r.startswith("| googlenet_rs")]
+
+
+T975_2 = 4.302653  # scipy.stats.t.ppf(0.975, 2): 3 pairs
+COMMON = {"model/name": "googlenet_rs", "dataset/name": "tiny_imagenet", "data/num_outputs": 5,
+          "model/params": 430_000, "model/macs": 20_000_000}
+
+
+def seed_sweep(sweep):
+    """rs seeds 0-2, uniform seeds 0-3 (seed 3 has no rs partner), carved seeds 0-1, one Psi
+    fine-tuned (seed 0); every rs and carved run evaluates Psi mapped to N outputs (the same
+    values for one seed). rs - uniform per seed: local 0.01, 0.03, 0.02 (CI straddles 0),
+    calibrated local -0.10, -0.12, -0.11 (A < B), unseen AUROC 0.2, 0.3, 0.25 (A > B)."""
+    rs = [(0.81, 0.60, 0.9), (0.83, 0.58, 0.9), (0.82, 0.59, 0.9)]
+    uniform = [(0.80, 0.70, 0.7), (0.80, 0.70, 0.6), (0.80, 0.70, 0.65), (0.5, 0.5, 0.5)]
+    def m(local, cal, auroc):
+        return {**COMMON, "test/acc_local": local, "test/cal/acc_local": cal,
+                "openset/unseen/auroc_misc": auroc}
+    def psi(seed):
+        return {"baseline/mapped/test/acc_local": 0.7 + seed / 100, "baseline/mapped/test/cal/acc_local": 0.6}
+    for seed, values in enumerate(rs):
+        thesis_run(sweep / f"rs{seed}", seed=seed, metrics={**m(*values), **psi(seed)})
+    for seed, values in enumerate(uniform):
+        thesis_run(sweep / f"uniform{seed}", "uniform", seed=seed, metrics=m(*values))
+    for seed in (0, 1):
+        thesis_run(sweep / f"carved{seed}", compression="prune", seed=seed,
+                   metrics={**m(0.9, 0.9, 0.9), **psi(seed)})
+    thesis_run(sweep / "psi_ft0", "none", seed=0, metrics={**COMMON, "test/acc_local": 0.95})
+    thesis_run(sweep / "uniform_killed", "uniform", seed=4)  # no metrics.json: left out
+
+
+def test_stats_over_seeds_give_mean_sd_and_paired_intervals(tmp_path):
+    seed_sweep(tmp_path / "sweep")
+    res = stats_cli(tmp_path / "sweep", "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    rows = {r[3]: r for r in md_rows(res.stdout, 0)}
+    assert list(rows) == ["Psi (mapped N-way)", "Psi' (rs), from scratch",
+                          "Psi' (rs), carved (l1) + fine-tuned", "uniform, from scratch",
+                          "full width, fine-tuned"]
+    assert rows["Psi' (rs), from scratch"][4:7] == ["0.0450", "0, 1, 2", "0.8200 ± 0.0100 (3)"]
+    # 0.8, 0.8, 0.8, 0.5: mean 0.725, sd sqrt((3 * 0.075^2 + 0.225^2) / 3) = 0.15
+    assert rows["uniform, from scratch"][5:7] == ["0, 1, 2, 3", "0.7250 ± 0.1500 (4)"]
+    assert rows["full width, fine-tuned"][4:7] == ["-", "0", "0.9500 ± - (1)"]
+    # Psi mapped once per seed although two runs of seeds 0 and 1 evaluated it
+    assert rows["Psi (mapped N-way)"][5:7] == ["0, 1, 2", "0.7100 ± 0.0100 (3)"]
+    assert rows["Psi (mapped N-way)"][7] == "0.6000 ± 0.0000 (3)"  # test/cal/acc_local
+    assert rows["Psi' (rs), from scratch"][-2:] == ["430,000 ± 0.0000 (3)", "20,000,000 ± 0.0000 (3)"]
+
+    pairs = {(r[4], r[7]): r for r in md_rows(res.stdout, 1)}
+    half = T975_2 * 0.01 / math.sqrt(3)
+    local = pairs["rs vs uniform", "test/acc_local"]
+    assert local[5:9] == ["Psi' (rs), from scratch", "uniform, from scratch", "test/acc_local", "3"]
+    assert [float(x) for x in local[9:12]] == pytest.approx([0.02, 0.02 - half, 0.02 + half], abs=5e-5)
+    assert local[12] == "not resolved"
+    assert pairs["rs vs uniform", "test/cal/acc_local"][8:] == [
+        "3", "-0.1100", f"{-0.11 - half:.4f}", f"{-0.11 + half:.4f}", "A < B"]
+    assert pairs["rs vs uniform", "openset/unseen/auroc_misc"][12] == "A > B"
+    carved = pairs["carved vs scratch", "test/acc_local"]
+    assert carved[5:7] == ["Psi' (rs), carved (l1) + fine-tuned", "Psi' (rs), from scratch"]
+    assert carved[8:10] == ["2", "0.0800"]  # 0.9 - 0.81, 0.9 - 0.83 (seeds 0, 1)
+    # the best Psi' is the carved one; one fine-tuned Psi seed: no interval
+    assert pairs["Psi' vs Psi fine-tuned", "test/acc_local"][3:] == [
+        "0.0450", "Psi' vs Psi fine-tuned", "Psi' (rs), carved (l1) + fine-tuned", "full width, fine-tuned",
+        "test/acc_local", "1", "-0.0500", "-", "-", "not resolved (n<2)"]
+    assert pairs["Psi' vs Psi mapped", "test/acc_local"][8:10] == ["2", "0.1950"]  # (0.2 + 0.19) / 2
+    assert ("Psi' vs Psi fine-tuned", "test/cal/acc_local") not in pairs  # Psi fine-tuned lacks it
+    assert "95 % CI" in res.stdout and "t(0.975, n-1)" in res.stdout
+
+    t = tmp_path / "t"
+    assert (t / "stats.md").read_text() == res.stdout
+    assert (t / "stats_pairs.csv").read_text().count("\n") == len(pairs) + 1
+    assert "test/acc_local,3,0.8200,0.0100" in (t / "stats_rows.csv").read_text()
+
+
+def test_paired_interval_is_the_student_t_interval():
+    mod = load_tables()
+    mean, low, high, verdict = mod.paired_ci([0.01, 0.03, 0.02])
+    half = T975_2 * 0.01 / math.sqrt(3)
+    assert (mean, low, high) == pytest.approx((0.02, 0.02 - half, 0.02 + half), abs=1e-6)
+    assert verdict == "not resolved"
+    assert mod.paired_ci([0.11, 0.13, 0.12])[3] == "A > B"
+    assert mod.paired_ci([-0.11, -0.13, -0.12])[3] == "A < B"
+    assert mod.paired_ci([0.5]) == (0.5, None, None, "not resolved (n<2)")
+    assert mod.paired_ci([])[3] == "not resolved (n<2)"
+    assert mod.mean_sd([0.81, 0.83, 0.82]) == pytest.approx((3, 0.82, 0.01))
+
+
+def test_runs_of_one_seed_that_disagree_are_an_error(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, mapped in (("a", 0.7), ("b", 0.7), ("c", 0.6)):  # c: same seed, another Psi value
+        thesis_run(sweep / name, seed=0, metrics={**COMMON, "test/acc_local": 0.8,
+                                                  "baseline/mapped/test/acc_local": mapped})
+    thesis_run(sweep / "d", seed=1, metrics={**COMMON, "test/acc_local": 0.9,
+                                             "baseline/mapped/test/acc_local": 0.7})
+    res = stats_cli(sweep)
+    assert res.returncode == 1
+    assert "error:" in res.stderr and "seed 0" in res.stderr and "g/a and g/c differ" in res.stderr
+    rows = {r[3]: r for r in md_rows(res.stdout, 0)}
+    assert rows["Psi (mapped N-way)"][5:7] == ["1", "0.7000 ± - (1)"]  # seed 0 left out
+    assert rows["Psi' (rs), from scratch"][5:7] == ["0, 1", "0.8500 ± 0.0707 (2)"]  # a, b, c agree
+
+
+def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
+    """rs and uniform, seeds 0 and 1 (four tiny runs, about 30 s): the "rs vs uniform" pair is
+    the per-seed difference of the runs' own metrics.json values. A (random-weight) C-way
+    checkpoint makes every run evaluate Psi mapped to N outputs: one row, one value per seed."""
+    import torch
+    from rsnet.models import build_model
+    ckpt = tmp_path / "psi.pt"
+    torch.save({"state_dict": build_model(compose_cfg(*TINY).model, 10).state_dict()}, ckpt)
+    res = sweep(tmp_path, tmp_path / "sweep", *FAST, "dataset.num_classes=3", "scaling=rs,uniform",
+                "seed=0,1", f"model.checkpoint={ckpt}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = {}
+    for d in (tmp_path / "sweep").glob("*/metrics.json"):
+        cfg = yaml.safe_load((d.parent / "config.yaml").read_text())
+        runs[cfg["scaling"]["name"], cfg["seed"]] = json.loads(d.read_text())
+    assert sorted(runs) == [("rs", 0), ("rs", 1), ("uniform", 0), ("uniform", 1)]
+    out = tables("stats", tmp_path / "sweep", "--out", tmp_path / "t")
+
+    part = out.split("## Paired")[1]
+    pairs = [r.removeprefix("| ").removesuffix(" |").split(" | ") for r in part.splitlines()
+             if r.startswith("| resnet_cifar")]
+    local = [r for r in pairs if r[4] == "rs vs uniform" and r[7] == "test/acc_local"]
+    assert len(local) == 1 and local[0][:4] == ["resnet_cifar", "synthetic", "3", "0.0450"]
+    diffs = [runs["rs", s]["test/acc_local"] - runs["uniform", s]["test/acc_local"] for s in (0, 1)]
+    mean, sd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / math.sqrt(2)
+    half = 12.706205 * sd / math.sqrt(2)  # scipy.stats.t.ppf(0.975, 1)
+    assert local[0][8] == "2"
+    assert [float(x) for x in local[0][9:12]] == pytest.approx([mean, mean - half, mean + half],
+                                                                abs=6e-5)
+    assert local[0][12] == ("A > B" if mean - half > 0 else "A < B" if mean + half < 0 else "not resolved")
+
+    rows = [r.removeprefix("| ").removesuffix(" |").split(" | ")
+            for r in out.split("## Paired")[0].splitlines() if r.startswith("| resnet_cifar")]
+    assert [r[3] for r in rows] == ["Psi (mapped N-way)", "Psi' (rs), from scratch", "uniform, from scratch"]
+    psi = [runs["rs", s]["baseline/mapped/test/acc_local"] for s in (0, 1)]
+    assert psi == [runs["uniform", s]["baseline/mapped/test/acc_local"] for s in (0, 1)]
+    assert rows[0][5] == "0, 1"
+    assert float(rows[0][6].split(" ± ")[0]) == pytest.approx(sum(psi) / 2, abs=6e-5)
+    rows = rows[1:]
+    acc = [runs["rs", s]["test/acc_local"] for s in (0, 1)]
+    assert rows[0][5] == "0, 1" and rows[0][6].endswith(" (2)")
+    mean_text, sd_text = rows[0][6].removesuffix(" (2)").split(" ± ")
+    assert float(mean_text) == pytest.approx(sum(acc) / 2, abs=6e-5)
+    assert float(sd_text) == pytest.approx(abs(acc[0] - acc[1]) / math.sqrt(2), abs=6e-5)
+    csv_pairs = (tmp_path / "t" / "stats_pairs.csv").read_text().splitlines()
+    assert sum("rs vs uniform" in r and ",test/acc_local,2," in r for r in csv_pairs) == 1
+    mapped = [r for r in pairs if r[4] == "Psi' vs Psi mapped" and r[7] == "test/acc_local"]
+    assert len(mapped) == 1 and mapped[0][5:9] == ["Psi' (rs), from scratch", "Psi (mapped N-way)",
+                                                   "test/acc_local", "2"]
+    diffs = [runs["rs", s]["test/acc_local"] - psi[s] for s in (0, 1)]
+    assert float(mapped[0][9]) == pytest.approx(sum(diffs) / 2, abs=6e-5)
