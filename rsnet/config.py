@@ -89,7 +89,7 @@ class TrainConfig:
     dist_timeout_min: float = 30.0  # how long a rank waits for the others (e.g. while rank 0 evaluates)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     aux_weight: float = 0.3  # weight of an auxiliary head's loss (GoogLeNet)
-    select_on: str = "val/acc"  # validation metric for best-epoch selection (higher is better)
+    select_on: str = "val/acc"  # validation metric for best-epoch selection (a loss: lowest wins)
     latency_runs: int = 50  # timed runs for the CPU latency measurement (0 skips it)
     distill: DistillConfig = field(default_factory=DistillConfig)
 

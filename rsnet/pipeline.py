@@ -45,7 +45,7 @@ from rsnet.prune.groups import train_only_layers
 from rsnet.scaling import Scaler, WidthRule
 from rsnet.search import SEARCH_METHODS, check_search_settings, stage_search
 from rsnet.sparsity import MagnitudePruner, sparsity_report
-from rsnet.train import Runtime, fit, predict, resolve_runtime, split_metrics
+from rsnet.train import Runtime, check_select_on, fit, predict, resolve_runtime, split_metrics
 from rsnet.utils import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -422,6 +422,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise RsnetError(f"compression.name={cfg.compression.name!r}: use none, prune, magnitude, "
                          f"netadapt or morphnet")
     check_search_settings(cfg)
+    check_select_on(cfg.train.select_on)
     if cfg.compression.name == "prune" and cfg.scaling.name == "none":
         raise RsnetError("compression=prune realises a width plan: set scaling=rs (or uniform, "
                          "factors, plan)")

@@ -9,16 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from rsnet.data import DataBundle
+from rsnet.train import selection_score
 from rsnet.utils import atomic_write_json, atomic_write_text
 
 
 def history_metrics(history: list[dict], select_on: str) -> dict:
-    """Training summary: epochs, mean throughput, time, and the selected epoch's validation row."""
+    """Training summary: epochs, training images seen, mean throughput, time, and the selected
+    epoch's validation row (``select_on``: the best value, the lowest for a loss)."""
     if not history:
-        return {"train/epochs": 0}
-    best = max(history, key=lambda r: r[select_on])
+        return {"train/epochs": 0, "train/images_seen": 0}
+    best = max(history, key=lambda r: selection_score(r, select_on))
     return {
         "train/epochs": len(history),
+        # what a comparison at equal compute counts (images_per_s is seen / epoch_s)
+        "train/images_seen": round(sum(r["train/images_per_s"] * r["train/epoch_s"] for r in history)),
         "train/images_per_s": sum(r["train/images_per_s"] for r in history) / len(history),
         "train/time_s": sum(r["train/epoch_s"] for r in history),
         "train/final_loss": history[-1]["train/loss"],

@@ -186,6 +186,25 @@ def predict_sharded(model: nn.Module, split: Split, data: DataBundle, rt: Runtim
     return distributed.gather_cat(logits)  # torch.cat skips an empty shard's 1-d tensor
 
 
+# Validation metrics that can select the best epoch, and whether higher is better.
+SELECT_ON = {"val/acc": True, "val/acc5": True, "val/loss": False, "val/acc_local": True,
+             "val/acc_global": True, "val/acc_raw": True}
+
+
+def check_select_on(select_on: str) -> None:
+    if select_on not in SELECT_ON:
+        raise RsnetError(f"train.select_on={select_on!r}: use one of {', '.join(SELECT_ON)} "
+                         f"(the local/global/raw ones need a misc class)")
+
+
+def selection_score(row: dict, select_on: str) -> float:
+    """The epoch row's score for best-epoch selection, higher = better (a loss is negated)."""
+    if select_on not in row:
+        raise RsnetError(f"train.select_on={select_on!r} is not a validation metric of this run; "
+                         f"use one of {[k for k in row if k in SELECT_ON]}")
+    return row[select_on] if SELECT_ON.get(select_on, True) else -row[select_on]
+
+
 def split_metrics(logits: torch.Tensor, split: Split, misc_label: int | None) -> dict[str, float]:
     """acc / acc5 / loss of logits on a split, plus local/global/raw when a misc class exists."""
     m = {"acc": topk_accuracy(logits, split.targets, 1),
@@ -310,11 +329,9 @@ def _fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f img/s", epoch + 1,
                  cfg.epochs, row["train/loss"], row["train/acc"], row["val/acc"],
                  row["train/images_per_s"])
-        if cfg.select_on not in row:
-            raise RsnetError(f"train.select_on={cfg.select_on!r} is not a validation metric; "
-                             f"use one of {[k for k in row if k.startswith('val/')]}")
-        if row[cfg.select_on] > best["score"]:  # the same decision on every rank: same logits
-            best = {"epoch": epoch + 1, "score": row[cfg.select_on]}
+        score = selection_score(row, cfg.select_on)  # higher = better, a loss negated
+        if score > best["score"]:  # the same decision on every rank: same logits
+            best = {"epoch": epoch + 1, "score": score}
             if main:
                 atomic_torch_save(model.state_dict(), best_path)
         if main:
