@@ -116,7 +116,10 @@ THESIS = {
     "synthesis": ("Synthesis: Psi, Psi' and uniform scaling at the same budget", [
         ("params", "model/params"), ("MACs", "model/macs"), ("local", "test/acc_local"),
         ("global", "test/acc_global"), ("raw", "test/acc_raw"), ("misc share", "test/misc_share"),
-        ("const. misc global", "test/const_misc_global"), ("synthesis time (s)", "synthesis/time_s")]),
+        ("const. misc global", "test/const_misc_global"), ("calibrated local", "test/cal/acc_local"),
+        ("calibrated global", "test/cal/acc_global"), ("unseen AUROC", "openset/unseen/auroc_misc"),
+        ("unseen FPR95", "openset/unseen/fpr95_misc"), ("images seen", "train/images_seen"),
+        ("synthesis time (s)", "synthesis/time_s")]),
     "compression": ("Compression: sparsity and int8", [
         ("sparsity", "sparsity/overall"), ("params", "model/params"), ("fp32 acc", "test/acc"),
         ("ONNX fp32 bytes", "export/onnx_bytes"), ("int8 bytes", "int8/bytes"),
@@ -124,6 +127,8 @@ THESIS = {
         ("ORT fp32 b1 ms", "latency/ort_fp32_b1_ms"), ("ORT int8 b1 ms", "latency/ort_int8_b1_ms")]),
 }
 THESIS_KEYS = ["model", "dataset", "N", "network", "lambda"]
+MAPPED = "baseline/mapped/"  # Psi evaluated as an N-way model, in the run's own metrics
+PSI_CWAY, PSI_MAPPED = "Psi (C-way baseline)", "Psi (mapped N-way)"
 POLICY_ORDER = {"rs": 1, "uniform": 3}
 
 
@@ -140,6 +145,12 @@ def network(cfg: dict) -> tuple[float, str]:
     if comp == "magnitude":  # after the same network without it
         rank += 0.5
         name += f", magnitude-pruned {conf(cfg, 'compression.sparsity.final_sparsity')}"
+    if conf(cfg, "train.distill.enabled"):  # a different recipe: its own row
+        rank += 0.25
+        name += ", distilled"
+    multiplier = conf(cfg, "dataset.misc_multiplier")
+    if multiplier not in (None, 1, 1.0):
+        name += f", misc x{multiplier:g}"
     return rank, name
 
 
@@ -169,8 +180,17 @@ def thesis_entries(dirs: list[Path]) -> list[dict]:
             key = (common["model"], common["dataset"], common["N"], json.dumps(psi, sort_keys=True))
             if key not in psi_seen:
                 psi_seen.add(key)
-                entries.append({**common, "network": "Psi (C-way baseline)", "rank": 0, "lambda": None,
+                entries.append({**common, "network": PSI_CWAY, "rank": 0, "lambda": None,
                                 "m": psi, "run": label, "tables": ["synthesis"]})
+        if f"{MAPPED}test/acc_local" in m:  # Psi as an N-way model: the honest reference
+            psi = {"model/params": m.get("baseline/params"), "model/macs": m.get("baseline/macs"),
+                   **{k.removeprefix(MAPPED): v for k, v in m.items() if k.startswith(MAPPED)}}
+            key = (common["model"], common["dataset"], common["N"], json.dumps(psi, sort_keys=True))
+            if key not in psi_seen:
+                psi_seen.add(key)
+                entries.append({**common, "network": PSI_MAPPED, "rank": 0.5, "lambda": None,
+                                "m": psi, "run": label, "seed": conf(cfg, "seed"),
+                                "tables": ["synthesis"]})
     return sorted(entries, key=entry_order)
 
 
@@ -268,11 +288,10 @@ def thesis(paths: list[Path], out: Path | None) -> None:
 # stats: the write-up draws conclusions only from several seeds (mean ± sd per row, paired CIs).
 STATS_METRICS = ["test/acc_local", "test/acc_global", "test/acc_raw", "test/cal/acc_local",
                  "test/cal/acc_global", "openset/seen/auroc_misc", "openset/unseen/auroc_misc",
-                 "openset/unseen/fpr95_misc", "model/params", "model/macs"]
+                 "openset/unseen/fpr95_misc", "model/params", "model/macs", "train/images_seen"]
 PAIR_METRICS = ["test/acc_local", "test/cal/acc_local", "openset/unseen/auroc_misc"]
-MAPPED = "baseline/mapped/"  # Psi evaluated as an N-way model, in the run's own metrics
 RS, UNIFORM = "Psi' (rs), from scratch", "uniform, from scratch"
-PSI_FT, PSI_MAPPED = "full width, fine-tuned", "Psi (mapped N-way)"
+PSI_FT = "full width, fine-tuned"
 CI_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-seed differences A - B (Student t; "
              "sd with n-1; only seeds both rows have); a verdict only where the interval excludes 0.")
 Row = tuple  # THESIS_KEYS values: model, dataset, N, network, lambda (all but the seed)
@@ -297,7 +316,7 @@ def stats_entries(dirs: list[Path]) -> list[dict]:
     unfinished = sum(not e["m"] for e in entries)
     if unfinished:
         print(f"note: {unfinished} run(s) without metrics.json left out", file=sys.stderr)
-    runs = [e for e in entries if e["m"] and e["network"] != "Psi (C-way baseline)"]
+    runs = [e for e in entries if e["m"] and e["network"] not in (PSI_CWAY, PSI_MAPPED)]
     psi = [{**e, "network": PSI_MAPPED, "rank": 0, "lambda": None,
             "m": {k.removeprefix(MAPPED): v for k, v in e["m"].items() if k.startswith(MAPPED)}}
            for e in runs if f"{MAPPED}test/acc_local" in e["m"]]
@@ -373,11 +392,15 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         def row(network: str, lam_: float | None = lam) -> Row | None:
             return (model, dataset, n, network, lam_) if (model, dataset, n, network, lam_) in have else None
         scratch = row(RS)
-        # a magnitude-pruned carved network ends in ", magnitude-pruned <s>": another network
+        # carved and fine-tuned, with or without distillation (magnitude-pruned or other-misc
+        # networks are other studies)
         carved = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
-                  and r[3].startswith("Psi' (rs), carved") and r[3].endswith("+ fine-tuned")]
+                  and r[3].startswith("Psi' (rs), carved") and "magnitude" not in r[3]
+                  and "misc x" not in r[3]]
         pairs = [("rs vs uniform", scratch, row(UNIFORM))]
         pairs += [("carved vs scratch", c, scratch) for c in carved]
+        pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
+                  for c in carved if c[3].endswith(", distilled")]
         for best in carved or [scratch]:
             pairs += [("Psi' vs Psi fine-tuned", best, row(PSI_FT, None)),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]

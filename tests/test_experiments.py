@@ -124,16 +124,18 @@ def test_a_sweep_over_two_class_counts_gives_a_complete_thesis_table(psi_sweep):
     out = tables("thesis", tmp / "sweep", "--out", tmp / "tables")
     synthesis = out.split("## Compression")[0]
     rows = [r for r in synthesis.splitlines() if r.startswith("| resnet_cifar")]
-    assert len(rows) == 4  # Psi and Psi' (rs) for N = 3 and 4
+    assert len(rows) == 6  # Psi (C-way and mapped N-way) and Psi' (rs) for N = 3 and 4
     assert [r.split(" | ")[2:4] for r in rows] == [
-        ["3", "Psi (C-way baseline)"], ["3", "Psi' (rs), from scratch"],
-        ["4", "Psi (C-way baseline)"], ["4", "Psi' (rs), from scratch"]]
-    assert "missing" not in synthesis and all(r.split(" | ")[4] == "-" for r in rows[::2])
-    assert all(r.split(" | ")[4] == "0.0450" for r in rows[1::2])  # lambda
+        ["3", "Psi (C-way baseline)"], ["3", "Psi (mapped N-way)"], ["3", "Psi' (rs), from scratch"],
+        ["4", "Psi (C-way baseline)"], ["4", "Psi (mapped N-way)"], ["4", "Psi' (rs), from scratch"]]
+    assert "missing" not in synthesis
+    assert [r.split(" | ")[4] for r in rows] == ["-", "-", "0.0450"] * 2  # lambda
+    # the mapped Psi has the calibrated and open-set columns the C-way one cannot have
+    assert rows[1].split(" | ")[12] != "-" and rows[0].split(" | ")[12] == "-"
     for name in ("thesis.md", "thesis.tex", "thesis_synthesis.csv", "thesis_compression.csv",
                  "acc_vs_params.png", "acc_vs_macs.png"):
         assert (tmp / "tables" / name).stat().st_size > 0
-    assert (tmp / "tables" / "thesis_synthesis.csv").read_text().count("\n") == 5
+    assert (tmp / "tables" / "thesis_synthesis.csv").read_text().count("\n") == 7
     assert r"\toprule" in (tmp / "tables" / "thesis.tex").read_text()
     summary = json.loads((tmp / "sweep" / "sweep.json").read_text())
     assert [j["status"] for j in summary["jobs"]] == ["done", "done"]
@@ -163,7 +165,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     assert [j["status"] for j in jobs] == ["failed", "done"] and "use 2..10" in jobs[0]["error"]
     rows = [r for r in tables("thesis", tmp_path / "sweep").splitlines() if r.startswith("| resnet")]
     by_n = {r.split(" | ")[2]: r for r in rows}
-    assert by_n["11"].count("missing") == 8 and "missing" not in by_n["3"]
+    assert by_n["11"].count("missing") == 13 and "missing" not in by_n["3"]  # every metric column
 
 
 def test_the_submitit_local_launcher_runs_a_sweep(tmp_path):

@@ -69,8 +69,8 @@ def test_thesis_tables_show_psi_each_policy_and_missing_runs(tmp_path):
     assert [r[3] for r in rows] == ["Psi (C-way baseline)", "Psi' (rs), from scratch",
                                     "Psi' (rs), carved (l1) + fine-tuned", "uniform, from scratch"]
     assert rows[0][4:8] == ["-", "6,000,000", "121,000,000", "0.6000"]  # Psi once, from both runs
-    assert rows[1][4:8] == ["0.0450", "430,000", "20,000,000", "0.8000"] and rows[1][12] == "100"
-    assert rows[3].count("missing") == 8 and "0.0000" not in rows[3]
+    assert rows[1][4:8] == ["0.0450", "430,000", "20,000,000", "0.8000"] and rows[1][17] == "100"
+    assert rows[3].count("missing") == 13 and "0.0000" not in rows[3]  # every metric column
     compression = [r.removesuffix(" |").split(" | ") for r in out.split("## Compression")[1].splitlines()
                    if r.startswith("| googlenet_rs")]
     assert len(compression) == 3 and compression[0][5] == "-" and compression[0][9] == "500,000"
@@ -255,3 +255,27 @@ def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
                                                    "test/acc_local", "2"]
     diffs = [runs["rs", s]["test/acc_local"] - psi[s] for s in (0, 1)]
     assert float(mapped[0][9]) == pytest.approx(sum(diffs) / 2, abs=6e-5)
+
+
+def test_distilled_and_misc_multiplier_runs_are_rows_of_their_own(tmp_path):
+    """A distilled carve is compared with the same carve without distillation; another misc
+    multiplier is another row, never mixed into the default one."""
+    base = {"model/name": "googlenet_rs", "dataset/name": "tiny_imagenet", "data/num_outputs": 5}
+    for seed, (plain, kd, m9) in enumerate([(0.60, 0.70, 0.50), (0.62, 0.71, 0.52)]):
+        for name, acc, extra in (("plain", plain, ""), ("kd", kd, "distill"), ("m9", m9, "m9")):
+            d = tmp_path / "sweep" / f"{name}{seed}"
+            thesis_run(d, compression="prune", seed=seed,
+                       metrics={**base, "test/acc_local": acc, "model/params": 1000})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["train"] = {"distill": {"enabled": extra == "distill"}}
+            cfg["dataset"]["misc_multiplier"] = 9.0 if extra == "m9" else 1.0
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "stats",
+                          str(tmp_path / "sweep")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rows = [r for r in res.stdout.splitlines() if r.startswith("| googlenet_rs")]
+    names = [r.split(" | ")[3] for r in rows]
+    carved = "Psi' (rs), carved (l1) + fine-tuned"
+    assert carved in names and f"{carved}, distilled" in names and f"{carved}, misc x9" in names
+    pair = next(r for r in rows if "| distilled vs not |" in r and "| test/acc_local |" in r)
+    assert "| 2 | 0.0950 |" in pair  # mean of 0.10 and 0.09

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Does Psi' do as well as Psi on the application's classes, and say "misc" for the rest?
+# For googlenet_rs and mobilenet_v1 on Tiny-ImageNet-200 (64 px), N outputs, three seeds each,
+# every run with the strong 200-class Psi as model.checkpoint (so each also reports Psi as an
+# N-way model, its logits mapped, misc by a calibrated threshold) and a fifth of the
+# out-of-scope classes held out as unseen (experiment=*_rs):
+#   1. Psi' (rs) and uniform scaling at lambda = 0.045, trained from scratch (the thesis's way);
+#   2. Psi' (rs) carved out of Psi (L1) and fine-tuned, with and without distillation;
+#   3. Psi fine-tuned on the subset at full width (the ceiling);
+#   4. the misc multiplier (1, 3, 9) of the distilled carve, N = 10;
+# then the thesis tables and the statistics over seeds (results/specialise/<family>/).
+# Every run resumes from its run directory if killed; rerun the same command.
+#   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/specialise.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS=${SEEDS:-0,1,2}
+NS=${NS:-10,20}
+SCRATCH_EPOCHS=${SCRATCH_EPOCHS:-30}
+FT_EPOCHS=${FT_EPOCHS:-10}
+FAMILIES=${FAMILIES:-"googlenet mobilenet"}
+RUNS=${RUNS:-outputs/multirun}
+declare -A ARCH=([googlenet]=googlenet_rs [mobilenet]=mobilenet_v1)
+
+for f in $FAMILIES; do
+    psi_var=PSI_$f
+    psi=${!psi_var:-${ARCH[$f]}_tiny200.pt}
+    sweep="python scripts/run.py -m experiment=${f}_rs model.checkpoint=$psi seed=$SEEDS progress=false"
+    dir="hydra.sweep.dir=$RUNS/specialise_$f"
+    $sweep "$dir" dataset.num_classes=$NS scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
+    $sweep "$dir" dataset.num_classes=$NS compression=prune train=finetune train.epochs=$FT_EPOCHS \
+        train.distill.enabled=false,true
+    $sweep "$dir" dataset.num_classes=$NS scaling=none train=finetune train.epochs=$FT_EPOCHS
+    $sweep "$dir" dataset.num_classes=10 compression=prune train=finetune train.epochs=$FT_EPOCHS \
+        train.distill.enabled=true dataset.misc_multiplier=3,9
+    python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
+    python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
+done
