@@ -10,9 +10,11 @@ unless ``overwrite=true``.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -46,6 +48,7 @@ from rsnet.scaling import Scaler, WidthRule
 from rsnet.search import SEARCH_METHODS, check_search_settings, stage_search
 from rsnet.sparsity import MagnitudePruner, sparsity_report
 from rsnet.train import Runtime, check_select_on, fit, predict, resolve_runtime, split_metrics
+from rsnet.validate import validate
 from rsnet.utils import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,41 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_LOCKS: dict[Path, int] = {}  # run directory -> the open lock file held until the process ends
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on ``run_dir`` while this process runs in it: a second run into
+    the same directory stops at once instead of training alongside and interleaving files.
+    The operating system releases the lock when the process ends, however it ends."""
+    if run_dir in _LOCKS:
+        return
+    path = run_dir / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RsnetError(f"cannot write in the run directory {run_dir} ({e.strerror}); pick a "
+                         f"writable one with hydra.run.dir=...") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RsnetError(f"{run_dir} is in use by another rsnet run (pid {holder}); wait for it "
+                         f"to end or pick another directory with hydra.run.dir=...") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _LOCKS[run_dir] = fd
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Claim ``run_dir`` for this config: new, same config (resume) or ``overwrite=true``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RsnetError(f"cannot create the run directory {run_dir} ({e.strerror}); pick another "
+                         f"with hydra.run.dir=...") from e
+    lock_run_dir(run_dir)
     marker = run_dir / "run.json"
     fp = fingerprint(cfg)
     if marker.exists():
@@ -76,7 +111,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
         if old != fp:
             log.warning("overwrite=true: clearing %s", run_dir)
             for p in run_dir.iterdir():
-                if p.name != ".hydra":
+                if p.name not in (".hydra", ".lock"):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(marker, {"fingerprint": fp})
@@ -454,6 +489,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if cfg.stop_after not in STAGES:
         raise RsnetError(f"stop_after={cfg.stop_after!r}: use one of {', '.join(STAGES)}")
     last = STAGES.index(cfg.stop_after)
+    validate(cfg)
     check_settings(cfg)
     torch.manual_seed(cfg.seed)
     rt = resolve_runtime(cfg.train)  # under torchrun: joins the job's process group

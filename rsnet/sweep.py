@@ -84,3 +84,27 @@ class SweepStatus(Callback):
             lines = [f"  #{j['job']} {j['run_dir']}\n      {j['error']}" for j in failed]
             print(summary + "\n" + "\n".join(lines), file=sys.stderr)
             sys.exit(1)
+
+
+def check_writable_dir(path: Path, setting: str) -> None:
+    """Exit with one message (status 2) when ``path`` cannot be created or written: Hydra
+    makes the run directory and opens its log file there before rsnet's code runs."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        print(f"rsnet error: cannot write in {path} ({e.strerror}); pick a writable directory "
+              f"with {setting}=...", file=sys.stderr)
+        sys.exit(2)
+
+
+class RunDirCheck(Callback):
+    """Refuses, before Hydra touches it, a run or sweep directory that cannot be written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable_dir(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable_dir(Path(config.hydra.sweep.dir), "hydra.sweep.dir")

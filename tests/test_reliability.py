@@ -43,3 +43,156 @@ def test_a_bad_selection_metric_stops_before_training(tmp_path):
     res = run(tmp_path, *TINY, "train.select_on=val/bogus")
     assert res.returncode == 2 and "train.select_on" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ fuzzing the settings
+
+# Each key with (valid values, invalid values: wrong types, negatives, zeros, huge values);
+# groups whose choice brings required keys. A case draws three keys, each value valid with
+# probability 0.75, seeded: some cases run through, the others stop at one bad value.
+FUZZ = {
+    "train.epochs": (["1", "0"], ["-1", "abc", "2.5"]),
+    "train.batch_size": (["16", "1000000"], ["0", "-5"]),
+    "train.eval_batch_size": (["7"], ["0", "-1"]),
+    "train.optimizer.lr": (["0.05"], ["-1", "abc", "0"]),
+    "train.select_on": (["val/loss", "val/acc_local"], ["val/bogus"]),
+    "dataset.num_classes": (["3", "null"], ["0", "-2", "11"]),
+    "dataset.misc_multiplier": (["0.5", "2"], ["-1", "1e6"]),
+    "dataset.val_fraction": (["0.2"], ["-0.1", "1.0"]),
+    "dataset.unseen_fraction": (["0.3"], ["-0.5", "1.0"]),
+    "dataset.image_size": (["16", "24"], ["0", "100000"]),
+    "openset.tpr": (["0.9"], ["0", "2"]),
+    "openset.score": (["energy", "msp"], ["entropy"]),
+    "scaling": (["scaling=rs", "scaling=uniform",
+                 "scaling=rs scaling.budget.rule=ratio scaling.budget.value=0.5"],
+                ["scaling=plan", "scaling=factors",
+                 "scaling=rs scaling.budget.rule=ratio scaling.budget.value=1.5",
+                 "scaling=rs scaling.budget.unit=flops", "scaling=rs scaling.budget.lam=-1"]),
+    "compression": (["compression=prune scaling=rs"],
+                    ["compression=prune scaling=rs compression.criterion=bogus", "compression=prune"]),
+    "model.checkpoint": (["null"], ["missing.th"]),
+}
+RESULTS = ("metrics.json", "summary.md", "test_metrics.json", "checkpoints/model.pt")
+
+
+def fuzz_case(seed: int) -> list[str]:
+    import random
+    rng = random.Random(seed)
+    overrides = []
+    for key in rng.sample(sorted(FUZZ), 3):
+        valid, invalid = FUZZ[key]
+        value = rng.choice(valid if rng.random() < 0.75 else invalid)
+        overrides += value.split() if "=" in value else [f"{key}={value}"]
+    return overrides
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("seed", range(24))
+def test_fuzzed_settings_run_completely_or_stop_with_one_clear_message(seed, tmp_path):
+    """Either a complete run directory, or one rsnet message and nothing that passes for a
+    result; never an exception from inside torch, omegaconf or rsnet."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from conftest import compose_cfg
+    from rsnet import pipeline
+    overrides = [*TINY, "train.epochs=1", "train.latency_runs=0", *fuzz_case(seed)]
+    try:
+        cfg = compose_cfg(*overrides)
+    except (HydraException, OmegaConfBaseException) as e:  # a wrong type, caught when composing
+        assert any(o.split("=")[0] in str(e) for o in overrides), str(e)
+        return
+    run_dir = tmp_path / "run"
+    try:
+        pipeline.run(cfg, run_dir)
+    except RsnetError as e:
+        assert "\n" not in str(e).strip() and len(str(e)) < 600, str(e)
+        left = [r for r in RESULTS if (run_dir / r).exists()] + [p.name for p in run_dir.rglob("*.onnx")]
+        assert not left, (overrides, left)
+        return
+    assert all((run_dir / r).exists() for r in RESULTS), overrides
+
+
+# ------------------------------------------------------------------ one test per defect
+
+def test_a_run_directory_is_locked_while_a_run_writes_into_it(tmp_path):
+    import subprocess
+    import sys
+    from rsnet.pipeline import lock_run_dir
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = ("import sys, time; from pathlib import Path; from rsnet.pipeline import lock_run_dir; "
+            "lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RsnetError, match=rf"in use by another rsnet run \(pid {holder.pid}\)"):
+            lock_run_dir(run_dir)
+        res = run(tmp_path, *TINY)  # the command line: one message, exit 2, nothing written
+        assert res.returncode == 2 and "in use by another rsnet run" in res.stderr
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "run.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_run_dir(run_dir)  # free again once the holder is gone (however it ended)
+
+
+def test_an_unwritable_run_directory_or_cache_is_one_message(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = run(tmp_path, *TINY, run_dir=blocker / "run")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    from rsnet.data.sources import _check_writable
+    with pytest.raises(RsnetError, match="dataset.cache_dir"):
+        _check_writable(blocker / "cache")
+
+
+def test_int8_temporary_files_stay_in_the_run_directory(tmp_path, monkeypatch):
+    import tempfile
+    from pathlib import Path
+    seen = []
+    real = tempfile.TemporaryDirectory
+
+    def spy(*args, **kwargs):
+        seen.append(Path(kwargs.get("dir") or tempfile.gettempdir()))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", spy)
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / ".rsnet-quant-stale").mkdir()  # left by a killed run
+    from rsnet.deploy import export_onnx, quantize_int8
+    from test_openset import Constant
+    fp32 = export_onnx(Constant(), out / "m.onnx", 8)
+    import numpy as np
+    quantize_int8(fp32, out / "m_int8.onnx", [np.zeros((2, 3, 8, 8), np.float32)])
+    assert seen and all(p == out or out in p.parents for p in seen), seen  # ORT's own too
+    assert not list(out.glob(".rsnet-quant-*"))
+
+
+def test_image_folder_errors_name_every_bad_file_and_empty_class(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from rsnet.data.sources import ImageFolderSource as ImageFolder
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / c / "0.png")
+    (tmp_path / "train" / "a" / "bad1.jpg").write_text("junk")
+    (tmp_path / "train" / "b" / "bad2.jpg").write_text("junk")
+    with pytest.raises(RsnetError, match=r"2 image\(s\).*bad1\.jpg.*bad2\.jpg"):
+        ImageFolder(str(tmp_path)).load(tmp_path, tmp_path / "cache", None)
+    for f in ("bad1.jpg", "bad2.jpg", "0.png"):
+        (tmp_path / "train" / ("a" if f != "bad2.jpg" else "b") / f).unlink()
+    with pytest.raises(RsnetError, match="without images.*: a;"):
+        ImageFolder(str(tmp_path)).load(tmp_path, tmp_path / "cache2", None)
+
+
+def test_duplicate_classes_are_named_and_classify_top_zero_is_refused(capsys):
+    from rsnet.data.subsets import choose_classes
+    from rsnet.deploy.classify import main
+    with pytest.raises(RsnetError, match="lists cat more than once"):
+        choose_classes(["cat", "dog", "emu"], None, True, 0, ["cat", "dog", "cat"])
+    with pytest.raises(SystemExit) as e:
+        main(["model.onnx", "x.jpg", "--top", "0"])
+    assert e.value.code == 2 and "--top 0" in capsys.readouterr().err

@@ -71,13 +71,6 @@ def decode_image(data: bytes | Path, image_size: int | None) -> np.ndarray:
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def _decode_file(path: Path, image_size: int | None) -> np.ndarray:
-    try:
-        return decode_image(path, image_size)
-    except (OSError, ValueError) as e:
-        raise RsnetError(f"cannot decode image {path} ({e}); remove or replace it") from e
-
-
 def _stack(items: list[tuple[str, int, np.ndarray]]) -> RawSplit:
     """Stack (sort_key, label, image) items in sorted key order (so file order never matters)."""
     if not items:
@@ -98,6 +91,17 @@ def _fingerprint(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
 
 
+def _check_writable(cache_dir: Path) -> None:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / f".probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RsnetError(f"the image cache {cache_dir} is not writable ({e.strerror}); set "
+                         f"dataset.cache_dir (or $RSNET_CACHE) to a writable folder") from e
+
+
 def cached(key: str, build, cache_dir: Path) -> RawDataset:
     """Return the dataset cached under ``key``, building (decoding) it on a miss.
 
@@ -108,6 +112,8 @@ def cached(key: str, build, cache_dir: Path) -> RawDataset:
     digest = hashlib.sha1(f"{CACHE_VERSION}:{key}".encode()).hexdigest()[:16]
     folder = cache_dir / digest
     unreadable = False
+    if not (folder / "meta.json").exists():  # before the decode, not after it
+        _check_writable(cache_dir)
     if (folder / "meta.json").exists():
         try:
             meta = json.loads((folder / "meta.json").read_text())
@@ -268,8 +274,21 @@ class ImageFolderSource:
         for d in dirs:
             files = sorted(p for c in class_names if (d / c).is_dir() for p in (d / c).iterdir()
                            if p.suffix.lower() in IMAGE_SUFFIXES)
-            items = [(p.relative_to(d).as_posix(), index[p.parent.name], _decode_file(p, image_size))
-                     for p in bar(files, desc=f"decoding {d}", unit="img")]
+            found = {p.parent.name for p in files}
+            empty = [c for c in class_names if c not in found]
+            if empty and d == dirs[0]:  # a class nothing can be learnt from
+                raise RsnetError(f"class folder(s) without images in {d}: {', '.join(empty[:10])}"
+                                 f"{' ...' if len(empty) > 10 else ''}; add images or remove them")
+            items, bad = [], []
+            for p in bar(files, desc=f"decoding {d}", unit="img"):
+                try:
+                    items.append((p.relative_to(d).as_posix(), index[p.parent.name],
+                                  decode_image(p, image_size)))
+                except (OSError, ValueError) as e:  # every bad file named at once, not the first
+                    bad.append(f"{p} ({e})")
+            if bad:
+                raise RsnetError(f"{len(bad)} image(s) cannot be decoded; remove or replace them: "
+                                 + "; ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
             splits.append(_stack(items))
         return RawDataset(*splits, class_names)
 

@@ -66,8 +66,9 @@ def choose_classes(base_names: list[str], num_classes: int | None, misc: bool, s
             raise RsnetError(f"dataset.classes: unknown class names {unknown[:5]}; "
                              f"known names start with {base_names[:5]}")
         chosen = [base_names.index(n) for n in names]
-        if len(set(chosen)) != len(chosen):
-            raise RsnetError("dataset.classes lists a class twice")
+        twice = sorted({n for n in names if list(names).count(n) > 1})
+        if twice:
+            raise RsnetError(f"dataset.classes lists {', '.join(twice)} more than once")
         if num_classes is not None and num_classes != len(chosen) + int(misc):
             raise RsnetError(f"dataset.num_classes={num_classes} but dataset.classes names "
                              f"{len(chosen)} classes (+ misc={misc}); make them agree")

@@ -110,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--argmax", action="store_true",
                    help="answer by plain argmax, ignoring the calibrated misc threshold")
     args = p.parse_args(argv)
+    if args.top < 1:
+        p.error(f"--top {args.top}: give at least 1")
     try:
         clf = Classifier(args.model, args.threads, use_threshold=not args.argmax)
-        results = clf.classify(args.images, max(1, args.top))
+        results = clf.classify(args.images, args.top)
     except RsnetError as e:
         print(f"rsnet error: {e}", file=sys.stderr)
         return 2

@@ -7,8 +7,10 @@ inference and graph optimisation, e.g. folding BN into convolutions), as ORT rec
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,17 @@ from rsnet.deploy.onnx_io import compact_names, quiet_loggers, save_model, strip
 from rsnet.errors import RsnetError
 
 CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
+
+
+@contextmanager
+def _tempdir(path: str):
+    """Python's default temporary folder set to ``path`` for the block (restored after)."""
+    before = tempfile.tempdir
+    tempfile.tempdir = path
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: Sequence[np.ndarray],
@@ -51,9 +64,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: Sequence[n
             x = next(self.batches, None)
             return None if x is None else {input_name: np.ascontiguousarray(x, np.float32)}
 
-    with tempfile.TemporaryDirectory(prefix="rsnet-quant-") as tmp:
+    # temporary work beside the result (the run directory), never in /tmp: what a killed run
+    # leaves there is removed by the next attempt
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_path.parent.glob(".rsnet-quant-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".rsnet-quant-", dir=out_path.parent) as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        with quiet_loggers("onnxruntime", "root"):
+        # ONNX Runtime's own temporary files (the calibration's augmented model) go there too
+        with quiet_loggers("onnxruntime", "root"), _tempdir(tmp):
             quant_pre_process(str(fp32_path), str(prepared))
             quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
