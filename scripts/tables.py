@@ -4,6 +4,7 @@
     python scripts/tables.py runs  <run dir or sweep dir> ...   # one row per run, main metrics
     python scripts/tables.py thesis <run dir or sweep dir> ... [--out DIR]
     python scripts/tables.py stats  <run dir or sweep dir> ... [--out DIR]
+    python scripts/tables.py curve  <run dir> ... [--out DIR]     # learning curves
 
 thesis: (1) per model and N, Psi (the C-way baseline on the subset, from runs given a
 model.checkpoint), Psi' by rs from scratch and carved + fine-tuned, uniform scaling at the same
@@ -285,6 +286,52 @@ def thesis(paths: list[Path], out: Path | None) -> None:
         plot(entries, "model/macs", "MACs", out / "acc_vs_macs.png")
 
 
+CURVE = [("epoch", "epoch"), ("train loss", "train/loss"), ("train acc", "train/acc"),
+         ("val acc", "val/acc"), ("val acc5", "val/acc5"), ("val loss", "val/loss"), ("lr", "lr"),
+         ("images/s", "train/images_per_s"), ("epoch s", "train/epoch_s")]
+
+
+def history_of(d: Path) -> tuple[str, list[dict], int | None, bool]:
+    """(run name, epoch rows, planned epochs, finished) of a run: history.json when training
+    ended, else the rows saved in its last epoch checkpoint (a run still training, or killed)."""
+    cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+    name, planned = conf(cfg, "name") or d.name, conf(cfg, "train.epochs")
+    if (d / "history.json").exists():
+        return name, json.loads((d / "history.json").read_text()), planned, True
+    last = d / "checkpoints" / "last.pt"
+    if not last.exists():
+        return name, [], planned, False
+    import torch
+    return name, torch.load(last, map_location="cpu", weights_only=False)["history"], planned, False
+
+
+def curve(paths: list[Path], out: Path | None) -> None:
+    """One learning-curve table per run (markdown; with out, <run>.csv and curves.png)."""
+    runs = []
+    for d in paths:
+        name, rows, planned, finished = history_of(d)
+        state = "finished" if finished else f"in progress: {len(rows)} of {planned} epochs"
+        table = [[fmt(r.get(k)) for _, k in CURVE] for r in rows]
+        print(f"## {d} ({state})\n\n" + markdown([c for c, _ in CURVE], table))
+        runs.append((name, rows))
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            write_csv(out / f"{name}.csv", [c for c, _ in CURVE], table)
+    if out and runs:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+        for i, (name, rows) in enumerate(runs):
+            ax.plot([r["epoch"] for r in rows], [r["val/acc"] for r in rows], marker="o",
+                    color=f"C{i}", label=f"{name} val top-1")
+        ax.set(xlabel="epoch", ylabel="validation top-1", title="learning curves")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.savefig(out / "curves.png", dpi=120)
+        plt.close(fig)
+
+
 # stats: the write-up draws conclusions only from several seeds (mean ± sd per row, paired CIs).
 STATS_METRICS = ["test/acc_local", "test/acc_global", "test/acc_raw", "test/cal/acc_local",
                  "test/cal/acc_global", "openset/seen/auroc_misc", "openset/unseen/auroc_misc",
@@ -461,7 +508,7 @@ def stats(paths: list[Path], out: Path | None) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS) + ["stats", "thesis"])
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs)")
     p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
@@ -469,6 +516,8 @@ def main() -> None:
     args = p.parse_args()
     if args.kind == "stats":
         sys.exit(stats(args.paths, args.out))
+    if args.kind == "curve":
+        return curve(args.paths, args.out)
     if args.kind == "thesis":
         thesis(args.paths, args.out)
         return

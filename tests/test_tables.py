@@ -279,3 +279,21 @@ def test_distilled_and_misc_multiplier_runs_are_rows_of_their_own(tmp_path):
     assert carved in names and f"{carved}, distilled" in names and f"{carved}, misc x9" in names
     pair = next(r for r in rows if "| distilled vs not |" in r and "| test/acc_local |" in r)
     assert "| 2 | 0.0950 |" in pair  # mean of 0.10 and 0.09
+
+
+def test_learning_curves_of_a_finished_and_a_running_run(tmp_path):
+    import torch
+    rows = [{"epoch": e, "train/loss": 5.0 - e, "train/acc": 0.1 * e, "val/acc": 0.05 * e,
+             "val/acc5": 0.2 * e, "val/loss": 4.0 - e, "lr": 0.1, "train/images_per_s": 80.0,
+             "train/epoch_s": 1000.0} for e in (1, 2, 3)]
+    done, running = tmp_path / "done", tmp_path / "running"
+    for d, name in ((done, "a"), (running, "b")):
+        (d / "checkpoints").mkdir(parents=True)
+        (d / "config.yaml").write_text(f"name: {name}\ntrain: {{epochs: 16}}\n")
+    (done / "history.json").write_text(json.dumps(rows))
+    torch.save({"history": rows[:2], "model": {}}, running / "checkpoints" / "last.pt")
+    out = tables("curve", done, running, "--out", tmp_path / "c")
+    assert "(finished)" in out and "(in progress: 2 of 16 epochs)" in out
+    csv_b = (tmp_path / "c" / "b.csv").read_text().splitlines()
+    assert len(csv_b) == 3 and csv_b[2].startswith("2,") and "0.1000" in csv_b[2]
+    assert (tmp_path / "c" / "curves.png").read_bytes()[:4] == b"\x89PNG"
