@@ -104,7 +104,9 @@ class RunDirCheck(Callback):
     """Refuses, before Hydra touches it, a run or sweep directory that cannot be written."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable_dir(Path(config.hydra.run.dir), "hydra.run.dir")
+        from rsnet import distributed
+        if distributed.from_env().is_main:  # under torchrun only rank 0 writes there
+            check_writable_dir(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_writable_dir(Path(config.hydra.sweep.dir), "hydra.sweep.dir")

@@ -7,7 +7,8 @@
 #   1. Psi' (rs) and uniform scaling at lambda = 0.045, trained from scratch (the thesis's way);
 #   2. Psi' (rs) carved out of Psi (L1) and fine-tuned, with and without distillation;
 #   3. Psi fine-tuned on the subset at full width (the ceiling);
-#   4. the misc multiplier (1, 3, 9) of the distilled carve, N = 10;
+#   4. the misc multiplier (1, 3, 9) of the distilled carve, N = 10, and the thesis's
+#      all-misc test set (every out-of-scope test image);
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
 # Every run resumes from its run directory if killed; rerun the same command.
 #   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/specialise.sh
@@ -32,6 +33,8 @@ for f in $FAMILIES; do
     $sweep "$dir" dataset.num_classes=$NS scaling=none train=finetune train.epochs=$FT_EPOCHS
     $sweep "$dir" dataset.num_classes=10 compression=prune train=finetune train.epochs=$FT_EPOCHS \
         train.distill.enabled=true dataset.misc_multiplier=3,9
+    $sweep "$dir" dataset.num_classes=10 compression=prune train=finetune train.epochs=$FT_EPOCHS \
+        train.distill.enabled=true dataset.misc_test=all
     python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
     python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
 done

@@ -152,6 +152,8 @@ def network(cfg: dict) -> tuple[float, str]:
     multiplier = conf(cfg, "dataset.misc_multiplier")
     if multiplier not in (None, 1, 1.0):
         name += f", misc x{multiplier:g}"
+    if conf(cfg, "dataset.misc_test") == "all":  # the thesis's test set: every out-of-scope image
+        name += ", all-misc test"
     return rank, name
 
 
@@ -443,7 +445,7 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         # networks are other studies)
         carved = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
                   and r[3].startswith("Psi' (rs), carved") and "magnitude" not in r[3]
-                  and "misc x" not in r[3]]
+                  and "misc x" not in r[3] and "all-misc" not in r[3]]
         pairs = [("rs vs uniform", scratch, row(UNIFORM))]
         pairs += [("carved vs scratch", c, scratch) for c in carved]
         pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
