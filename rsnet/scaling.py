@@ -54,7 +54,9 @@ class Scaler:
         self.unit_of_group = {g.id: self.unit_of_macro[g.macros[0]] for g in graph.groups if g.macros}
         self.base = {g.id: g.base_width for g in graph.groups}
         self.multiple = {g.id: g.multiple_of for g in graph.groups}
-        cls = graph.micro_layer(graph.classifier) if graph.classifier else None
+        # the classifier: the last nn.Linear, else the last layer run (a 1x1-conv classifier)
+        cls = graph.micro_layer(graph.classifier) if graph.classifier else \
+            (graph.micro[-1] if graph.micro else None)
         self.num_outputs = cls.base_width if cls else 0
 
     def width(self, gid: int, factor: np.ndarray | float) -> np.ndarray:

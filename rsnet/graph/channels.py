@@ -580,6 +580,11 @@ class ChannelPass(Coupling):
             else:
                 token = self._records[name].out_segs[0][0]
             out = ((token, 1),)
+            if g > 1 and self.prunable and not (len(in_segs) == 1 and in_segs[0][1] == 1):
+                # the pruner keeps the group count by removing the same positions of every
+                # group, which it can only do on one coupled group's channels, not a concat
+                self.fix_segs(in_segs, f"{name}: a grouped conv reading several groups' "
+                                       f"channels (rsnet.prune cannot keep its groups equal)")
             if g > 1:  # grouped conv: widths must stay divisible by the group count
                 self.tokens.need_multiple(token, g)
                 for t, _ in in_segs:

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from rsnet.errors import RsnetError
-from rsnet.models import classifier_name
 from rsnet.models.layers import check_width
 from rsnet.prune.criteria import check_criterion, score_groups
-from rsnet.prune.groups import (LAYERS, build_graph, layer_width, plan_groups, preserve_state,
-                                train_only_layers)
+from rsnet.prune.groups import (LAYERS, GroupPlan, build_graph, frozen_index_mapping,
+                                layer_width, output_layer, plan_groups, preserve_state,
+                                prune_together, train_only_layers)
 from rsnet.prune.shortcut import convert_pad_shortcuts
 
 __all__ = ["prune_to_widths", "current_widths", "EXAMPLE_SHAPE_ATTR"]
@@ -51,6 +51,20 @@ def _output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
     return [tuple(o.shape) for o in outs]
 
 
+def _lowest(scores: torch.Tensor, plan: GroupPlan) -> list[int]:
+    """The ``size - target`` root channels to remove: the lowest scores, ties by index.
+
+    With ``plan.blocks`` > 1 (grouped convs) the same positions of every block go, ranked
+    by the score averaged over the blocks (as torch-pruning's own pruners do), so each conv
+    group keeps an equal share and the group count stays.
+    """
+    per = plan.size // plan.blocks
+    drop = (plan.size - plan.target) // plan.blocks
+    mean = scores.reshape(plan.blocks, per).mean(0)
+    order = torch.argsort(mean, stable=True)[:drop].tolist()  # ascending: lowest first
+    return sorted(b * per + i for b in range(plan.blocks) for i in order)
+
+
 def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor,
                     criterion: str = "l1", calib: Iterable | None = None,
                     seed: int = 0) -> nn.Module:
@@ -73,8 +87,10 @@ def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: 
         seed: seed of the ``random`` criterion.
 
     Per group (torch-pruning.md section 4): score its root channels once on the unpruned
-    model, take the ``n - target`` lowest, and prune them with
-    ``DG.get_pruning_group(root, prune_out_channels, idxs)``. Train-only layers (GoogLeNet's
+    model, take the ``n - target`` lowest (the same positions of every conv group where
+    grouped convs split the channels) and get ``DG.get_pruning_group(root,
+    prune_out_channels, idxs)``; all groups are then pruned in one pass. The classifier is
+    the last nn.Linear, or the last conv run when there is none (SqueezeNet). Train-only layers (GoogLeNet's
     aux head) are traced with a training-mode forward (BN statistics restored), so their
     input channels follow the pruning of the layer feeding them.
 
@@ -91,27 +107,28 @@ def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: 
 
     train_only = train_only_layers(model, x)
     DG = build_graph(model, x, train_mode=bool(train_only))
-    classifier = classifier_name(model)
+    classifier = output_layer(model, x)
     ignored = [model.get_submodule(classifier)] + [model.get_submodule(n) for n in train_only]
-    plans, covered = plan_groups(model, DG, targets, ignored)
-    now = current_widths(model)
-    for name, w in targets.items():
-        if name not in covered and w != now[name]:
-            why = ("the classifier" if name == classifier else
-                   "a train-only layer" if name in train_only else "a fixed-width layer")
-            raise RsnetError(f"widths[{name!r}]={w}, but {name} is {why} and keeps its "
-                             f"{now[name]} outputs; give it {now[name]} or leave it out")
-
-    scores = score_groups(model, plans, criterion, calib, seed)
-    for plan in plans:
-        order = torch.argsort(scores[plan.root], stable=True)  # ascending: lowest first
-        idxs = sorted(order[: plan.size - plan.target].tolist())
-        pruner = DG.get_pruner_of_module(plan.module)
-        group = DG.get_pruning_group(plan.module, pruner.prune_out_channels, idxs)
-        if not DG.check_pruning_group(group):
-            raise RsnetError(f"cannot prune {', '.join(plan.names)} to {plan.target} channels "
-                             f"(a coupled layer would be left with none)")
-        group.prune()
+    with frozen_index_mapping(DG):  # nothing is pruned until prune_together
+        plans, covered = plan_groups(model, DG, targets, ignored)
+        now = current_widths(model)
+        for name, w in targets.items():
+            if name not in covered and w != now[name]:
+                why = ("the classifier" if name == classifier else
+                       "a train-only layer" if name in train_only else "a fixed-width layer")
+                raise RsnetError(f"widths[{name!r}]={w}, but {name} is {why} and keeps its "
+                                 f"{now[name]} outputs; give it {now[name]} or leave it out")
+        scores = score_groups(model, plans, criterion, calib, seed)
+        groups = []
+        for plan in plans:
+            idxs = _lowest(scores[plan.root], plan)
+            pruner = DG.get_pruner_of_module(plan.module)
+            group = DG.get_pruning_group(plan.module, pruner.prune_out_channels, idxs)
+            if not DG.check_pruning_group(group):
+                raise RsnetError(f"cannot prune {', '.join(plan.names)} to {plan.target} "
+                                 f"channels (a coupled layer would be left with none)")
+            groups.append(group)
+    prune_together(DG, groups)
 
     got = current_widths(model)
     wrong = {n: (w, got[n]) for n, w in targets.items() if got[n] != w}

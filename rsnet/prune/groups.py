@@ -9,20 +9,24 @@ holds (depthwise convs included): they must all end with the same width.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from rsnet.errors import RsnetError
 from rsnet.models.layers import torch_pruning_pruners
 from rsnet.prune.shortcut import IndexShortcut, index_shortcut_pruner
+from rsnet.prune.shuffle import ShuffleBarrier, shuffle_barrier_model, shuffle_barrier_pruner
 
 __all__ = ["Member", "GroupPlan", "build_graph", "train_only_layers", "plan_groups",
-           "layer_width", "preserve_state", "cuda_devices"]
+           "layer_width", "preserve_state", "cuda_devices", "output_layer", "frozen_index_mapping"]
 
 LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -57,6 +61,8 @@ class GroupPlan:
     target: int
     layers: list[Member]
     norms: list[Member]
+    blocks: int = 1  # grouped convs / GroupNorm: prune the same positions in each of these
+    # equal blocks of the root's channels, so every conv group keeps an equal share
 
     @property
     def names(self) -> list[str]:
@@ -85,9 +91,10 @@ def preserve_state(model: nn.Module) -> Iterator[None]:
                 m.train(mode)
 
 
-def _executed(model: nn.Module, x: torch.Tensor, train: bool) -> set[nn.Module]:
-    ran: set[nn.Module] = set()
-    hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(mod))
+def _executed(model: nn.Module, x: torch.Tensor, train: bool) -> list[nn.Module]:
+    """Conv / linear layers the forward runs, in the order of their first call."""
+    ran: dict[nn.Module, None] = {}  # an ordered set
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.setdefault(mod))
              for m in model.modules() if isinstance(m, LAYERS)]
     try:
         with preserve_state(model), torch.no_grad():
@@ -96,7 +103,7 @@ def _executed(model: nn.Module, x: torch.Tensor, train: bool) -> set[nn.Module]:
     finally:
         for h in hooks:
             h.remove()
-    return ran
+    return list(ran)
 
 
 def _batch2(x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +114,86 @@ def _batch2(x: torch.Tensor) -> torch.Tensor:
 def train_only_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """Conv / linear layers that run in training mode but not in eval mode (aux heads)."""
     names = {m: n for n, m in model.named_modules()}
-    extra = _executed(model, x, True) - _executed(model, x, False)
+    extra = set(_executed(model, x, True)) - set(_executed(model, x, False))
     return sorted(names[m] for m in extra)
+
+
+def output_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Name of the classifier: the layer whose outputs are the model's (kept at full width).
+
+    The last nn.Linear where the model has one (rsnet's convention, as in rsnet.graph);
+    otherwise the last conv the eval-mode forward runs, e.g. SqueezeNet's 1x1-conv
+    classifier (conv -> ReLU -> global pool -> flatten).
+    """
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    names = {m: n for n, m in model.named_modules()}
+    ran = _executed(model, x, False)
+    if not ran:
+        raise RsnetError(f"{type(model).__name__} runs no nn.Conv2d / nn.Linear: nothing to prune")
+    return names[ran[-1]]
+
+
+_TP_RESHAPE_MAPPING = tp_index_mapping.update_reshape_index_mapping
+
+
+def _reshape_mapping(graph: Any, node: Any) -> None:
+    """tp's reshape index mapping, left unset where tp infers 0 channels next to the reshape.
+
+    tp divides by the channel counts it infers on both sides of a view / reshape; around a
+    channel shuffle (ShuffleNetV2's view -> transpose -> view) it infers 0 and raises
+    ZeroDivisionError while building the graph. rsnet's plans for pruning
+    (``analyze(prunable=True)``) keep every shuffled width fixed, so no pruned group passes
+    such a reshape; prune_to_widths' width and output-shape checks catch anything else.
+    """
+    try:
+        _TP_RESHAPE_MAPPING(graph, node)
+    except ZeroDivisionError:
+        pass
+
+
+@contextlib.contextmanager
+def _tp_patches() -> Iterator[None]:
+    with mock.patch.object(tp_index_mapping, "update_reshape_index_mapping", _reshape_mapping):
+        yield
+
+
+@contextlib.contextmanager
+def frozen_index_mapping(DG: Any) -> Iterator[None]:
+    """Compute tp's index mappings (concat offsets, ...) once, not in every get_pruning_group.
+
+    tp recomputes every concat / split / reshape mapping of the whole graph at each
+    get_pruning_group call, at a cost quadratic in a concat's dependencies: enumerating
+    DenseNet-121's 121 groups took 6 s, nearly all of it there. The mappings change only
+    when channels are pruned; inside this context nothing is (see :func:`prune_together`).
+    """
+    with _tp_patches():
+        tp_index_mapping.update_index_mapping(DG)
+    with mock.patch.object(tp_index_mapping, "update_index_mapping", lambda graph: None):
+        yield
+
+
+def prune_together(DG: Any, groups: list[Any]) -> None:
+    """Prune tp groups that were all computed on the same, still unpruned model, in one pass.
+
+    ``group.prune()`` one group after another renumbers channels, so tp would have to
+    recompute every index mapping before building the next group. Here every group's indices
+    refer to the unpruned numbering, so each (layer, pruning function) is called once with
+    the union of its indices (groups hold disjoint channels, so nothing is removed twice).
+    """
+    from torch_pruning.dependency.group import Group
+
+    merged: dict[tuple[int, Any], tuple[Any, set[int]]] = {}
+    for group in groups:
+        for item in group:
+            key = (id(item.dep.target.module), item.dep.handler)
+            merged.setdefault(key, (item.dep, set()))[1].update(int(i) for i in item.idxs)
+    together = Group()
+    together._DG = DG
+    for dep, idxs in merged.values():
+        together.add_dep(dep, sorted(idxs))
+    together.prune(record_history=False)
 
 
 def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
@@ -119,7 +204,7 @@ def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
     """
     pruners = dict(torch_pruning_pruners())
     pruners[IndexShortcut] = index_shortcut_pruner()
-    with preserve_state(model), torch.enable_grad():
+    with preserve_state(model), torch.enable_grad(), _tp_patches():
         if train_mode:
             # tp's tracer calls model.eval() itself, so switch inside the forward.
             def forward_fn(m: nn.Module, inp: torch.Tensor) -> Any:
@@ -129,8 +214,13 @@ def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
                 model, _batch2(x), forward_fn=forward_fn, customized_pruners=pruners,
                 verbose=False)
         model.eval()
-        return tp.DependencyGraph().build_dependency(model, x, customized_pruners=pruners,
-                                                     verbose=False)
+        # Channel shuffles become opaque layers (rsnet.prune.shuffle); the GraphModule holds
+        # the model's own layers, so pruning it prunes the model.
+        traced = shuffle_barrier_model(model, x)
+        if traced is not None:
+            pruners[ShuffleBarrier] = shuffle_barrier_pruner()
+        return tp.DependencyGraph().build_dependency(
+            model if traced is None else traced, x, customized_pruners=pruners, verbose=False)
 
 
 def _members(group: Any, names: Mapping[nn.Module, str],
@@ -158,6 +248,44 @@ def _dedupe(members: list[Member]) -> list[Member]:
             seen.add(m.name)
             out.append(m)
     return out
+
+
+def _channel_groups(module: Any) -> int:
+    """Equal blocks a layer splits the pruned dim into: a grouped conv's groups (in and out
+    channels), GroupNorm's num_groups; 1 otherwise (depthwise convs prune in = out)."""
+    if isinstance(module, nn.Conv2d) and module.groups > 1 \
+            and module.groups != module.out_channels:
+        return module.groups
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups
+    return 1
+
+
+def _blocks(group: Any, names: Mapping[nn.Module, str], DG: Any) -> int:
+    """The number of equal blocks of the root's channels that must stay equal when pruning.
+
+    A grouped conv keeps its group count, so each of its ``groups`` input (and output)
+    blocks must lose as many channels, and tp's ConvPruner.prune_in_channels even assumes
+    the *same* positions in each block. That is only expressible when the layer's channels
+    on that side are exactly the root's, in order; rsnet's analysis fixes the widths of a
+    grouped conv reading several groups (a concat), so anything else is a bug.
+    """
+    size, blocks = len(group[0].idxs), 1
+    for item in group:
+        module = item.dep.target.module
+        k = _channel_groups(module)
+        if k == 1:
+            continue
+        identity = list(item.idxs) == list(item.root_idxs) == list(range(size))
+        out = DG.is_out_channel_pruning_fn(item.dep.handler)
+        n = module.num_channels if isinstance(module, nn.GroupNorm) else \
+            module.out_channels if out else module.in_channels
+        if not identity or n != size or size % k:
+            raise RsnetError(f"{names.get(module, type(module).__name__)} splits channels of "
+                             f"several coupled layers into {k} groups; rsnet cannot prune it to "
+                             f"equal groups (name the layers feeding it in scaling.fixed)")
+        blocks = math.lcm(blocks, k)
+    return blocks
 
 
 def plan_groups(model: nn.Module, DG: Any, widths: Mapping[str, int],
@@ -194,5 +322,10 @@ def plan_groups(model: nn.Module, DG: Any, widths: Mapping[str, int],
             raise RsnetError(f"cannot prune {', '.join(asked)} to {target} channels: it has only "
                              f"{size} (pruning can only remove channels)")
         if target < size:
-            plans.append(GroupPlan(names[root], root, size, target, layers, norms))
+            blocks = _blocks(group, names, DG)
+            if target % blocks:
+                raise RsnetError(f"cannot prune {', '.join(asked)} to {target} channels: grouped "
+                                 f"convs split them into {blocks} equal groups, so the width must "
+                                 f"be a multiple of {blocks}")
+            plans.append(GroupPlan(names[root], root, size, target, layers, norms, blocks))
     return plans, covered
