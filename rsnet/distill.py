@@ -143,8 +143,8 @@ def calibrate_misc_bias(teacher_logits: torch.Tensor, targets: torch.Tensor,
     The NLL is strictly convex in b and its derivative is mean_i p_misc,i(b) - (misc share of
     ``targets``): at the optimum the teacher's mean misc probability equals the share of misc
     images. p_misc,i(b) = sigmoid(b + d_i), d_i = logsumexp(out-of-scope) - logsumexp(in-scope),
-    so the root lies in [logit(share) - max d, logit(share) - min d]; it is found there by
-    Newton steps safeguarded with bisection, in float64 (deterministic).
+    so the root lies in [logit(share) - max d, logit(share) - min d]; scipy's ``brentq``
+    finds it there, in float64 (deterministic).
 
     Args:
         teacher_logits: (n, C) the C-way teacher's logits on the images, any float dtype.
@@ -157,22 +157,14 @@ def calibrate_misc_bias(teacher_logits: torch.Tensor, targets: torch.Tensor,
         raise RsnetError(f"calibrating the misc logit needs both misc and in-scope labelled "
                          f"images (misc share {share:.3g} of {len(d)}); set "
                          f"train.distill.calibrate_misc=false")
+    from scipy.optimize import brentq
+
     base = math.log(share) - math.log1p(-share)  # logit(share)
     lo, hi = base - d.max().item(), base - d.min().item()
-    b = min(max(base - d.median().item(), lo), hi)
-    for _ in range(100):
-        p = torch.sigmoid(b + d)
-        grad = p.mean().item() - share
-        if grad > 0:  # the NLL's derivative is increasing: keep the root inside [lo, hi]
-            hi = b
-        else:
-            lo = b
-        curv = (p * (1 - p)).mean().item()
-        step = b - grad / curv if curv > 0 else math.nan
-        b = step if lo < step < hi else (lo + hi) / 2  # Newton, else bisection
-        if abs(grad) < 1e-12 or hi - lo < 1e-12:
-            break
-    return float(b)
+    if hi - lo < 1e-12:  # every image has the same gap d: the root is exact
+        return float(lo)
+    return float(brentq(lambda b: torch.sigmoid(b + d).mean().item() - share, lo, hi,
+                        xtol=1e-12, rtol=1e-12))
 
 
 def misc_calibration(teacher_logits: torch.Tensor, targets: torch.Tensor,

@@ -146,7 +146,9 @@ def stage_baseline(cfg: DictConfig, model, data: DataBundle, rt: Runtime, run_di
             def mapped(split):
                 logits = predict(m, split, data, rt, cfg.train.eval_batch_size, "baseline mapped")
                 return subset_teacher_logits(logits, data.subset)
-            out.update({f"baseline/mapped/{k}": v for k, v in nway_metrics(cfg, mapped, data).items()})
+            test = subset_teacher_logits(sub, data.subset)  # the subset's test logits, once
+            out.update({f"baseline/mapped/{k}": v
+                        for k, v in nway_metrics(cfg, mapped, data, test).items()})
         return out
     return _cached_json(run_dir / "baseline_metrics.json", compute)
 

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rsnet.errors import RsnetError
-from rsnet.utils import atomic_write_json
+from rsnet.utils import atomic_write_json, probe_writable
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,7 @@ def check_writable_dir(path: Path, setting: str) -> None:
     """Exit with one message (status 2) when ``path`` cannot be created or written: Hydra
     makes the run directory and opens its log file there before rsnet's code runs."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(path)
     except OSError as e:
         print(f"rsnet error: cannot write in {path} ({e.strerror}); pick a writable directory "
               f"with {setting}=...", file=sys.stderr)

@@ -44,3 +44,11 @@ def load_checkpoint_file(path: Path, what: str = "checkpoint") -> Any:
     except Exception as e:  # torch raises many types for truncated/corrupt files
         raise RsnetError(f"{what} {path} is corrupt or not a torch checkpoint ({type(e).__name__}: "
                          f"{str(e)[:120]}); delete or replace it") from e
+
+
+def probe_writable(path: Path) -> None:
+    """Create ``path`` if needed and write and remove a probe file in it; raises OSError."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".probe{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()

@@ -29,6 +29,7 @@ from PIL import Image
 
 from rsnet.errors import RsnetError
 from rsnet.progress import bar
+from rsnet.utils import probe_writable
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,7 @@ def _fingerprint(path: Path) -> str:
 
 def _check_writable(cache_dir: Path) -> None:
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = cache_dir / f".probe{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(cache_dir)
     except OSError as e:
         raise RsnetError(f"the image cache {cache_dir} is not writable ({e.strerror}); set "
                          f"dataset.cache_dir (or $RSNET_CACHE) to a writable folder") from e
