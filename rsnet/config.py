@@ -188,7 +188,7 @@ class ExportConfig:
     name: str = "none"  # none | onnx (fp32) | int8 (fp32 + static int8); see conf/export/
     opset: int = 18
     dynamic_batch: bool = True
-    compact: bool = True  # short internal tensor names in the ONNX files (smaller; see README)
+    compact: bool = True  # short internal tensor names in the ONNX files (smaller; see docs/deployment.md)
     verify_images: int = 1000  # test images on which PyTorch fp32 and ONNX Runtime must agree
     atol: float = 1e-3  # max |logit difference| allowed by the verification
     min_agreement: float = 0.999  # min top-1 agreement allowed by the verification
@@ -241,11 +241,19 @@ def _dirname(override_dirname: str) -> str:
     return name
 
 
+def _dirname_excludes() -> list[str]:
+    """Overrides left out of a run directory's name: the non-result keys, the experiment
+    (its ``name`` is the directory above) and Hydra's own directories."""
+    return [*NON_RESULT_KEYS, "experiment", "hydra.run.dir", "hydra.sweep.dir"]
+
+
 def register() -> None:
     """Register the schema and the resolvers (idempotent)."""
     ConfigStore.instance().store(name="rsnet_schema", node=RunConfig)
     if not OmegaConf.has_resolver("rsnet_dirname"):
         OmegaConf.register_new_resolver("rsnet_dirname", _dirname)
+    if not OmegaConf.has_resolver("rsnet_dirname_excludes"):
+        OmegaConf.register_new_resolver("rsnet_dirname_excludes", _dirname_excludes)
 
 
 register()

@@ -1,6 +1,6 @@
 """Metrics: top-k, the scope-aware local/global/raw accuracies, parameters, MACs, latency.
 
-Conventions (also in the README):
+Conventions (also in docs/usage.md):
 - params: every parameter of the model (BN running statistics are buffers, not counted).
 - MACs: multiply-accumulates of convolutions, linear layers and matmuls for one image at
   the model's input size, i.e. torch.utils.flop_counter FLOPs / 2 (the "FLOPs" of the
@@ -134,3 +134,8 @@ def session_latency(session, input_size: int, batch_size: int = 1, runs: int = 5
                                                  dtype=np.float32)
     feed = {session.get_inputs()[0].name: x}
     return median_ms(lambda: session.run(None, feed), runs, warmup)
+
+
+def cost_metrics(model: nn.Module, input_size: int, prefix: str) -> dict:
+    """``{prefix}/params`` and ``{prefix}/macs`` (one image of ``input_size`` px)."""
+    return {f"{prefix}/params": count_params(model), f"{prefix}/macs": count_macs(model, input_size)}

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rsnet.errors import RsnetError
+from rsnet.metrics import count_macs, count_params
 from rsnet.utils import atomic_write_json
 
 
@@ -87,3 +88,12 @@ class WidthPlan:
             lines.append(f"budget ({bud['rule']}, {bud['unit']}): {bud['value']:,.0f}; "
                          f"used {p[bud['unit']] / bud['value']:.2%}")
         return "\n".join(lines)
+
+
+def check_plan_cost(model, plan: WidthPlan, input_size: int, what: str, params: bool = True) -> None:
+    """The model realising a plan must cost exactly what the plan predicted (``params=False``:
+    MACs only, for models whose train-only layers the eval-mode plan leaves out)."""
+    cost = {"m/params": count_params(model), "m/macs": count_macs(model, input_size)}
+    if cost["m/macs"] != plan.predicted["macs"] or (params and cost["m/params"] != plan.predicted["params"]):
+        raise RsnetError(f"the model {what} costs {cost} but the plan predicted {plan.predicted}: "
+                         f"a bug in rsnet's graph analysis or pruning, please report it")

@@ -59,7 +59,9 @@ def deployment_lines(metrics: dict) -> list[str]:
         return []
     batches = sorted(int(k.split("_b")[1].split("_")[0]) for k in metrics
                      if k.startswith("latency/torch_fp32_b"))
-    rows = [("PyTorch eager fp32", "torch_fp32", None, "test/acc"),
+    rows = [("baseline, PyTorch eager fp32", "baseline_torch_fp32", None, None)] \
+        if "latency/baseline_torch_fp32_b1_ms" in metrics else []
+    rows += [("PyTorch eager fp32", "torch_fp32", None, "test/acc"),
             ("ONNX Runtime fp32", "ort_fp32", "export/onnx_bytes", "onnx/test/acc")]
     if "int8/bytes" in metrics:
         rows.append((f"ONNX Runtime int8 ({metrics['int8/calib_method']})", "ort_int8", "int8/bytes",
@@ -74,7 +76,7 @@ def deployment_lines(metrics: dict) -> list[str]:
     for label, key, size, acc in rows:
         lat = " | ".join(_ms(metrics.get(f"latency/{key}_b{b}_ms")) for b in batches)
         lines.append(f"| {label} | {_fmt(metrics.get(size)) if size else '-'} | "
-                     f"{_fmt(metrics.get(acc))} | {lat} |")
+                     f"{_fmt(metrics.get(acc)) if acc else '-'} | {lat} |")
     if "int8/bytes" in metrics:
         t, q = metrics.get("latency/torch_fp32_b1_ms"), metrics.get("latency/ort_int8_b1_ms")
         speed = f"; int8 speed-up over PyTorch eager fp32 at batch 1: {t / q:.2f}x" if t and q else ""

@@ -163,6 +163,16 @@ class Scaler:
         tables[u] += table if u == 0 else Scaler._lift(form, u, F)
 
 
+def fixed_note(graph: ModelGraph) -> str:
+    """The constructs that fix widths, for a message about a budget no plan meets."""
+    causes = graph.fixed_causes()
+    if not causes:
+        return ""
+    fixed = sum(1 for m in graph.micro if m.fixed)
+    return (f". {fixed} of the {len(graph.micro)} conv / linear layers keep their width "
+            f"because of constructs the width analysis cannot scale: {causes}")
+
+
 @dataclass
 class ResourceScalable:
     """The thesis method, solved exactly (rsnet.solver states the rule)."""
@@ -189,7 +199,8 @@ class ResourceScalable:
                 f"no width plan fits the budget of {budget.value:,.0f} {budget.unit}: the smallest "
                 f"plan on the grid (every factor {grid[-1]:g}, minimum width {scaler.rule.min_width}) "
                 f"costs {smallest:,.0f}. Raise the budget (scaling.budget.*), raise "
-                f"scaling.policy.grid_stop or lower scaling.widths.min_width")
+                f"scaling.policy.grid_stop or lower scaling.widths.min_width"
+                + fixed_note(scaler.graph))
         idx, _ = solve(problem, budget.value, self.fill, self.max_changes)
         return [float(grid[i]) for i in idx]
 

@@ -36,20 +36,18 @@ import time
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import rsnet.config  # noqa: F401  (registers the config schema and resolvers)
+from rsnet import progress
+from rsnet.data import build_data, data_root
+from rsnet.data.sources import default_cache_dir
+from rsnet.errors import RsnetError
+from rsnet.models import build_model
+from rsnet.train import fit, predict, resolve_runtime
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-import rsnet.config  # noqa: E402,F401
-from rsnet import progress  # noqa: E402
-from rsnet.data import build_data, data_root  # noqa: E402
-from rsnet.data.sources import default_cache_dir  # noqa: E402
-from rsnet.errors import RsnetError  # noqa: E402
-from rsnet.models import build_model  # noqa: E402
-from rsnet.train import fit, predict, resolve_runtime  # noqa: E402
 
 MODES = {"fp32": ("fp32", False), "bf16+cl": ("bf16", True), "fp16+cl": ("fp16", True)}
 

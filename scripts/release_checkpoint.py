@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from rsnet.errors import RsnetError
+from rsnet.utils import load_checkpoint_file
 
-from rsnet.errors import RsnetError  # noqa: E402
-from rsnet.utils import load_checkpoint_file  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HEADER = ("| file | model | dataset | classes | input px | epochs | test top-1 | test top-5 | MB | command |\n"
           "|---|---|---|---:|---:|---:|---:|---:|---:|---|\n")

@@ -1,6 +1,6 @@
 """rsnet's command line: python scripts/run.py [group=choice ...] [key=value ...] [-m for sweeps].
 
-Data-parallel: torchrun --nproc_per_node=K scripts/run.py ... (see README, Running at scale).
+Data-parallel: torchrun --nproc_per_node=K scripts/run.py ... (see docs/scale.md).
 """
 
 import logging

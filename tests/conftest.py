@@ -44,6 +44,10 @@ def _cache_dir(tmp_path_factory):
 
 
 def compose_cfg(*overrides: str):
+    """The config for ``overrides``; without an ``experiment=...`` the plain defaults (not
+    the default job's experiment, conf/experiment/demo.yaml)."""
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = ("~experiment", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
@@ -59,10 +63,9 @@ THESIS_WIDTHS = {  # widths of the thesis's N = 5 plan
 }
 
 
-# A tiny, fast configuration: synthetic 16 px images, a ResNet-8 with widths 4/8/16.
-TINY = ["dataset=synthetic", "dataset.source.size=16", "model=resnet_cifar", "model.arch.depth=8",
-        "model.arch.stage_widths=[4,8,16]", "model.input_size=16", "train.batch_size=32",
-        "train.epochs=2", "train.latency_runs=3", "progress=false"]
+# A tiny, fast configuration (conf/experiment/smoke.yaml): synthetic 16 px images, a ResNet-8
+# with widths 4/8/16, two epochs.
+TINY = ["experiment=smoke", "progress=false"]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 line) and records, for this rank, in $RSNET_TEST_OUT/rank{RANK}.pt:
 
 - ``states``: the model's state dict when training starts and after every epoch, and
-  ``history``: the epochs' rows (through a wrapper around rsnet.pipeline.fit);
+  ``history``: the epochs' rows (through a wrapper around rsnet.stages.train.fit);
 - ``writes``: every file this process created, wrote, renamed or removed in the run
   directory ($RSNET_TEST_RUN_DIR), seen through a Python audit hook.
 
@@ -54,9 +54,9 @@ def clone(model: torch.nn.Module) -> dict:
 
 
 def main() -> None:
-    from rsnet import pipeline
+    from rsnet.stages import train as train_stage
 
-    real_fit = pipeline.fit
+    real_fit = train_stage.fit
     record: dict = {"states": [], "history": [], "writes": writes}
 
     def recording_fit(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end=None, **kwargs):
@@ -70,7 +70,7 @@ def main() -> None:
 
         return real_fit(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end=after_epoch, **kwargs)
 
-    pipeline.fit = recording_fit
+    train_stage.fit = recording_fit
     sys.addaudithook(audit)
     sys.argv = [str(REPO / "scripts" / "run.py"), *sys.argv[1:]]
     try:

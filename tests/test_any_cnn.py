@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from rsnet.budget import make_budget
+from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import torchvision_model
 from rsnet.prune import current_widths, prune_to_widths
 from rsnet.scaling import ResourceScalable, Scaler, WidthRule
+from rsnet.zoo import carve_check, torchvision_case, torchvision_cases
 from test_prune import trained_looking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,15 +92,16 @@ def carve_exactly(model: nn.Module, size: int) -> nn.Module:
 
 def zeroed(original: nn.Module, pruned: nn.Module) -> nn.Module:
     """``original`` with the channels pruning removed set to zero (found by value: the
-    trained-looking weights identify their output rows)."""
+    trained-looking weights identify their output rows, whose kept values are a subset of the
+    original row's where input channels were removed too)."""
     masked = copy.deepcopy(original)
     after = dict(pruned.named_modules())
     with torch.no_grad():
         for name, m in masked.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-                rows = lambda w: w.detach().reshape(w.shape[0], -1)[:, 0].tolist()  # noqa: E731
-                kept = set(rows(after[name].weight))
-                drop = [i for i, v in enumerate(rows(m.weight)) if v not in kept]
+                rows = lambda w: [set(r) for r in w.detach().reshape(w.shape[0], -1).tolist()]  # noqa: E731
+                kept = rows(after[name].weight)  # a kept row: a subset of its original values
+                drop = [i for i, v in enumerate(rows(m.weight)) if not any(k <= v for k in kept)]
                 m.weight[drop] = 0
                 if m.bias is not None:
                     m.bias[drop] = 0
@@ -150,3 +153,98 @@ def test_grouped_conv_reading_a_concat_keeps_its_input_widths():
 def test_torchvision_models_carve_exactly(name):
     """1x1-conv classifier, grouped convs, channel shuffles: torchvision at 32 px."""
     carve_exactly(torchvision_model(name, num_classes=CLASSES), 32)
+
+
+class DepthwiseMultiplier(nn.Module):
+    """A depthwise conv with channel multiplier 2 (groups = in_channels, out = 2 x in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, groups=16), nn.BatchNorm2d(32),
+                                nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(32, 96, 1), nn.BatchNorm2d(96), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(96, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU())
+        self.fc = nn.Linear(96, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.pw(self.dw(self.a(x)))).mean((2, 3)))
+
+
+def test_depthwise_conv_with_channel_multiplier_keeps_its_groups_and_carves_exactly():
+    """The pruner would keep the 16 groups while removing input channels: the analysis for
+    pruning fixes that input width (saying why), a from-scratch build scales it."""
+    assert "channel multiplier 2" in analyze(DepthwiseMultiplier(), 16, prunable=True) \
+        .micro_layer("a.0").fixed
+    assert analyze(DepthwiseMultiplier(), 16).micro_layer("a.0").fixed is None
+    model = trained_looking(DepthwiseMultiplier())
+    original = copy.deepcopy(model)
+    carve_exactly(model, 16)
+    assert (model.dw[0].groups, model.dw[0].out_channels) == (16, 32)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), zeroed(original, model).eval()(x), atol=1e-5)
+
+
+def test_squeezenet_head_becomes_an_n_way_1x1_conv():
+    """A 1x1-conv classifier is re-headed like a linear one: the subset's rows, misc first."""
+    from rsnet.models import classifier_name, subset_head
+
+    model = torchvision_model("squeezenet1_1", num_classes=10).eval()
+    assert classifier_name(model) == "classifier.1"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model.classifier[1](model.classifier[0](model.features(x)))  # pre-ReLU logits
+        subset_head(model, (7, 2), 10, misc=True)
+        head = model.classifier[1]
+        assert isinstance(head, nn.Conv2d) and head.out_channels == 3
+        assert model(x).shape == (2, 3)
+        assert torch.equal(head(model.features(x))[:, 1:], full[:, [7, 2]])
+
+
+def test_a_budget_no_plan_meets_names_the_constructs_that_fix_widths():
+    """A linear layer applied to (B, H, W, C) tensors (as ConvNeXt and Swin do) fixes its
+    widths; the refusal names that construct and its first layer."""
+
+    class ChannelsLastMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 3, padding=1)
+            self.mlp = nn.Linear(32, 64)
+            self.proj = nn.Linear(64, 32)
+            self.fc = nn.Linear(32, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.proj(torch.relu(self.mlp(self.stem(x).permute(0, 2, 3, 1))))
+            return self.fc(y.mean((1, 2)))
+
+    with pytest.raises(RsnetError, match=r"no width plan fits.*constructs the width analysis "
+                                         r"cannot scale: .*\(first: (stem|mlp)\)"):
+        plan_half_params(ChannelsLastMLP(), 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", torchvision_cases())
+def test_every_torchvision_model_carves_or_is_refused(name):
+    """What ``python scripts/zoo.py carve`` records in docs/any_cnn.md: each torchvision
+    classifier carves to exactly its plan or is refused with rsnet's own message."""
+    res = carve_check(name, *torchvision_case(name))
+    assert res.status in ("carved", "refused"), res.reason
+
+
+def test_a_cnn_from_outside_rsnet_is_planned_and_carved_by_the_pipeline(tmp_path):
+    """Any importable CNN given as ``model.arch._target_`` goes through plan and prune to
+    exactly its plan's cost (here a module of the tests, with grouped convs)."""
+    from conftest import compose_cfg
+
+    from rsnet import pipeline
+
+    cfg = compose_cfg("dataset=synthetic", "dataset.source.size=16", "dataset.num_classes=4",
+                      "model=torchvision", "~model.arch.name",
+                      "model.arch._target_=test_any_cnn.GroupedToy", "model.input_size=16",
+                      "scaling=rs", "compression=prune", "stop_after=prune", "progress=false")
+    metrics = pipeline.run(cfg, tmp_path / "run")  # the prune stage checks the exact cost
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "pruned.pt", weights_only=False)
+    assert metrics["plan/params"] < 0.6 * metrics["baseline/params"]
+    assert saved["widths"]["fc"] == 4  # the classifier: one output per subset class
+    assert saved["widths"]["a.0"] < 24 and saved["widths"]["a.0"] % 4 == 0  # grouped: whole groups

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -16,10 +17,16 @@ CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 
 
 def test_the_primary_config_composes_to_the_default_job():
-    cfg = compose_cfg()
-    assert cfg.model.name == "resnet20" and cfg.dataset.name == "cifar10_jpeg"
-    assert cfg.dataset.num_classes == 5 and cfg.stop_after == "report"
+    """python scripts/run.py: the method end to end (conf/experiment/demo.yaml)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config")
+    assert cfg.name == "demo" and cfg.model.name == "resnet20" and cfg.model.checkpoint
+    assert cfg.dataset.name == "cifar10_jpeg" and cfg.dataset.num_classes == 5
+    assert (cfg.scaling.name, cfg.compression.name, cfg.export.name) == ("rs", "prune", "int8")
+    assert cfg.train.distill.enabled and cfg.stop_after == "report"
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    plain = compose_cfg()  # ~experiment: the plain defaults
+    assert (plain.name, plain.scaling.name, plain.compression.name) == ("default", "none", "none")
 
 
 @pytest.mark.parametrize("group, choice", CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])

@@ -76,7 +76,7 @@ def test_the_baseline_experiments_train_all_200_classes_from_scratch(name):
     cfg = compose_cfg(f"experiment={name}")
     assert cfg.dataset.name == "tiny_imagenet" and cfg.dataset.num_classes is None
     assert cfg.scaling.name == "none" and cfg.model.checkpoint is None
-    # the strong-baseline recipe (scripts/baselines.sh)
+    # the strong-baseline recipe (scripts/evidence/baselines.sh)
     assert cfg.train.epochs == 16 and cfg.train.loss.label_smoothing == 0.1
 
 

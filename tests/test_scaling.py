@@ -14,7 +14,8 @@ from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.resnet_cifar import resnet_cifar
 from rsnet.plan import WidthPlan
 from rsnet.scaling import FromPlan, GivenFactors, ResourceScalable, Scaler, Uniform, WidthRule
-from rsnet.models.widths import BUILDERS
+from rsnet.models import googlenet_rs as googlenet_family
+from rsnet.models import resnet_cifar as resnet_family
 
 # method.md section 4: GoogLeNet, N = 5, lambda = 0.045
 THESIS_FACTORS_N5 = [5] * 8 + [4] * 4
@@ -29,7 +30,7 @@ def googlenet_setup(num_outputs=5, input_size=227, bn_scale=False):
 
 
 def built(plan: WidthPlan, num_outputs: int, input_size: int, bn_scale: bool):
-    kwargs = BUILDERS["rsnet.models.googlenet_rs.googlenet_rs"](plan.widths(), None)
+    kwargs = googlenet_family.widths_kwargs(plan.widths(), None)
     return googlenet_rs(num_outputs, input_size=input_size, bn_scale=bn_scale, **kwargs)
 
 
@@ -57,7 +58,7 @@ def test_thesis_factors_give_the_thesis_widths_and_parameter_count():
     model, graph, base = googlenet_setup()
     scaler = Scaler(graph, WidthRule())
     plan = GivenFactors(THESIS_FACTORS_N5).make(scaler, None, base)
-    kwargs = BUILDERS["rsnet.models.googlenet_rs.googlenet_rs"](plan.widths(), model)["widths"]
+    kwargs = googlenet_family.widths_kwargs(plan.widths(), model)["widths"]
     assert kwargs == THESIS_WIDTHS
     assert plan.predicted["params"] == 331_732  # as counted by the thesis (BN without scale)
     net = built(plan, 5, 227, False)
@@ -129,6 +130,6 @@ def test_resnet_units_follow_the_residual_streams():
     budget = make_budget("ratio", "params", base["params"], 5, 10, value=0.5)
     plan = ResourceScalable().make(scaler, budget, base)
     assert plan.predicted["params"] <= budget.value
-    kwargs = BUILDERS["rsnet.models.resnet_cifar.resnet_cifar"](plan.widths(), model)
+    kwargs = resnet_family.widths_kwargs(plan.widths(), model)
     net = resnet_cifar(20, num_classes=5, **kwargs)
     assert (count_params(net), count_macs(net, 32)) == (plan.predicted["params"], plan.predicted["macs"])

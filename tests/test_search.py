@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, TINY, compose_cfg
-from rsnet import pipeline, search
+from rsnet import pipeline
+from rsnet.stages import search
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.models.resnet_cifar import resnet_cifar

@@ -16,8 +16,8 @@ from rsnet.graph.segments import Chan, Segs, simplify
 from rsnet.graph.structure import (assign_macros, chain_units, cut_points, data_flow_order,
                                    macro_name, spans, units)
 from rsnet.graph.trace import propagate, trace
-from rsnet.graph.types import (Constraint, Form, Group, MacroLayer, MicroLayer, ModelGraph,
-                               Polynomial)
+from rsnet.graph.types import (INPUT_FIXED, Constraint, Form, Group, MacroLayer, MicroLayer,
+                               ModelGraph, Polynomial)
 
 __all__ = ["analyze"]
 
@@ -112,78 +112,195 @@ def analyze(model: nn.Module, input_size: int | Sequence[int], fixed: Iterable[s
 def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
            node_macs: dict[Node, int], size: tuple[int, int], classifier: str | None,
            tie: Iterable[Sequence[int | str]]) -> ModelGraph:
-    tokens = cp.tokens
-    # A pad width coupled to no layer (its add partner was fixed, or there is none) is fixed.
-    for t in range(len(tokens.parent)):
-        r = tokens.find(t)
-        if not tokens.has_layer[r]:
-            tokens.fix(r, f"{tokens.origin[r]}: a channel pad added to no layer")
+    """Assemble the ModelGraph from a finished channel pass, one phase after another.
 
-    gid_of: dict[int, int] = {}  # token root -> group id, numbered in execution order
+    Groups are numbered by the first ``_Builder.gid`` call on their token (execution
+    order), so the phases must keep this order: micro-layers, groups, costs, the
+    macro-layers' input/output forms, constraints.
+    """
+    b = _Builder(cp)
+    b.fix_unattached_pads()
+    b.classify_micro()
+    b.find_macros(gm)
+    micro = b.micro_layers()
+    groups = b.groups(micro)
+    unit_list = units(len(b.names), [g.macros for g in groups] + _parse_ties(tie, b.names))
+    per_macro, rest = b.costs(model)
+    params = sum(per_macro["params"], rest["params"])
+    macs = sum(per_macro["macs"], rest["macs"])
+    macro_layers = b.macro_layers(groups, unit_list)
+    constraints = b.constraints()
+    unit_list = _merge_units(type(model).__name__, unit_list, groups, macro_layers,
+                             (params, macs), constraints)
+    graph = ModelGraph(type(model).__name__, size, micro, groups, macro_layers, unit_list,
+                       classifier, constraints, params, macs, per_macro["params"],
+                       per_macro["macs"], rest["params"], rest["macs"])
+    _self_check(model, graph, node_macs, len(b.gid_of))
+    return graph
 
-    def gid(token: int) -> int | None:
-        r = tokens.find(token)
-        if tokens.fixed[r]:
+
+class _Builder:
+    """The state the phases of :func:`_build` share: the channel pass, its tokens, the
+    group numbering (``gid_of``) and, once found, the micro-layers' groups and the
+    macro-layers."""
+
+    def __init__(self, cp: ChannelPass):
+        self.cp = cp
+        self.tokens = cp.tokens
+        self.gid_of: dict[int, int] = {}  # token root -> group id, numbered in execution order
+
+    def gid(self, token: int) -> int | None:
+        r = self.tokens.find(token)
+        if self.tokens.fixed[r]:
             return None
-        return gid_of.setdefault(r, len(gid_of))
+        return self.gid_of.setdefault(r, len(self.gid_of))
 
-    def form(segs: Segs | None) -> Form:
+    def form(self, segs: Segs | None) -> Form:
         const: int | Fraction = 0
         coefs: dict[int, int | Fraction] = {}
         for t, m in segs or ():
-            g = None if t is None else gid(t)
+            g = None if t is None else self.gid(t)
             if g is None:
-                const += m if t is None else m * tokens.base[tokens.find(t)]
+                const += m if t is None else m * self.tokens.base[self.tokens.find(t)]
             else:
                 coefs[g] = coefs.get(g, 0) + m
         return Form(const, coefs)
 
-    # Micro-layers, their groups and why a width is fixed.
-    records = {r.name: r for r in cp.micro}
-    group_of: dict[str, int | None] = {}
-    fixed_why: dict[str, str | None] = {}
-    for r in cp.micro:
-        out = cp.norm(r.out_segs) if r.out_segs is not None else None
-        single = out is not None and len(out) == 1 and out[0][0] is not None and out[0][1] == 1
-        group_of[r.name] = gid(out[0][0]) if single else None
-        if out is not None:
-            form(out)  # number the groups in execution order
-        roots = [tokens.find(t) for t, _ in out or () if t is not None]
-        if out is None:
-            fixed_why[r.name] = r.fixed_reason or "its width is not modelled"
-        elif roots and all(tokens.fixed[t] for t in roots):
-            fixed_why[r.name] = tokens.reason[roots[0]]
-        else:  # free, or a depthwise conv that follows its (partly free) input
-            fixed_why[r.name] = None if roots else "its input has a fixed width"
+    def fix_unattached_pads(self) -> None:
+        """A pad width coupled to no layer (its add partner was fixed, or none) is fixed."""
+        tokens = self.tokens
+        for t in range(len(tokens.parent)):
+            r = tokens.find(t)
+            if not tokens.has_layer[r]:
+                tokens.fix(r, f"{tokens.origin[r]}: a channel pad added to no layer")
 
-    def free(name: str) -> bool:
-        return records[name].kind != "depthwise" and group_of[name] is not None
+    def classify_micro(self) -> None:
+        """Micro-layers, their groups and why a width is fixed (``group_of``, ``fixed_why``)."""
+        tokens = self.tokens
+        self.records = {r.name: r for r in self.cp.micro}
+        self.group_of: dict[str, int | None] = {}
+        self.fixed_why: dict[str, str | None] = {}
+        for r in self.cp.micro:
+            out = self.cp.norm(r.out_segs) if r.out_segs is not None else None
+            single = out is not None and len(out) == 1 and out[0][0] is not None and out[0][1] == 1
+            self.group_of[r.name] = self.gid(out[0][0]) if single else None
+            if out is not None:
+                self.form(out)  # number the groups in execution order
+            roots = [tokens.find(t) for t, _ in out or () if t is not None]
+            if out is None:
+                self.fixed_why[r.name] = r.fixed_reason or "its width is not modelled"
+            elif roots and all(tokens.fixed[t] for t in roots):
+                self.fixed_why[r.name] = tokens.reason[roots[0]]
+            else:  # free, or a depthwise conv that follows its (partly free) input
+                self.fixed_why[r.name] = None if roots else INPUT_FIXED
 
-    # Macro-layers from the cut points of the data-flow graph.
-    order = data_flow_order(gm.graph)
-    micro_of = {r.node: r.name for r in cp.micro}
-    cut = cut_points(order)
-    macro_micro, node_macro = assign_macros(spans(order, cut), micro_of, free)
-    macro_of_layer = {name: i for i, names in enumerate(macro_micro) for name in names}
-    all_names = [r.name for r in cp.micro]
-    names = [macro_name(ms, all_names) for ms in macro_micro]
-    for i, n in enumerate(names):
-        if names.count(n) > 1:
-            names[i] = f"{n}#{i}"
+    def free(self, name: str) -> bool:
+        return self.records[name].kind != "depthwise" and self.group_of[name] is not None
 
-    micro = [MicroLayer(r.name, r.kind, r.base_width, r.in_width, macro_of_layer.get(r.name),
-                        group_of[r.name], form(r.in_segs),
-                        form(r.out_segs) if r.out_segs is not None else Form(r.base_width),
-                        fixed_why[r.name])
-             for r in cp.micro]
-    groups: list[Group] = []
-    roots = sorted(gid_of, key=gid_of.get)
-    for g, r in enumerate(roots):
-        members = [m.name for m in micro if m.group == g]
-        macros = sorted({m.macro for m in micro if m.group == g and m.free and m.macro is not None})
-        groups.append(Group(g, members, tokens.base[r], tokens.multiple[r], macros))
+    def find_macros(self, gm: torch.fx.GraphModule) -> None:
+        """Macro-layers from the cut points of the data-flow graph, with unique names."""
+        self.order = data_flow_order(gm.graph)
+        micro_of = {r.node: r.name for r in self.cp.micro}
+        self.cut = cut_points(self.order)
+        self.macro_micro, self.node_macro = assign_macros(spans(self.order, self.cut), micro_of,
+                                                          self.free)
+        self.macro_of_layer = {name: i for i, names in enumerate(self.macro_micro)
+                               for name in names}
+        all_names = [r.name for r in self.cp.micro]
+        names = [macro_name(ms, all_names) for ms in self.macro_micro]
+        for i, n in enumerate(names):
+            if names.count(n) > 1:
+                names[i] = f"{n}#{i}"
+        self.names = names
 
-    # Units: macro-layers sharing a group, plus the user's ties.
+    def micro_layers(self) -> list[MicroLayer]:
+        return [MicroLayer(r.name, r.kind, r.base_width, r.in_width,
+                           self.macro_of_layer.get(r.name), self.group_of[r.name],
+                           self.form(r.in_segs),
+                           self.form(r.out_segs) if r.out_segs is not None else Form(r.base_width),
+                           self.fixed_why[r.name])
+                for r in self.cp.micro]
+
+    def groups(self, micro: list[MicroLayer]) -> list[Group]:
+        groups: list[Group] = []
+        roots = sorted(self.gid_of, key=self.gid_of.get)
+        for g, r in enumerate(roots):
+            members = [m.name for m in micro if m.group == g]
+            macros = sorted({m.macro for m in micro
+                             if m.group == g and m.free and m.macro is not None})
+            groups.append(Group(g, members, self.tokens.base[r], self.tokens.multiple[r], macros))
+        return groups
+
+    def costs(self, model: nn.Module) -> tuple[dict[str, list[Polynomial]], dict[str, Polynomial]]:
+        """Cost polynomials split by macro-layer: (per macro-layer, outside every macro-layer)."""
+        cp = self.cp
+        zero = Polynomial()
+        per_macro = {"params": [zero] * len(self.names), "macs": [zero] * len(self.names)}
+        rest = {"params": zero, "macs": zero}
+
+        def add(measure: str, node: Node | None, poly: Polynomial) -> None:
+            i = self.node_macro.get(node) if node is not None else None
+            if i is None:
+                rest[measure] = rest[measure] + poly
+            else:
+                per_macro[measure][i] = per_macro[measure][i] + poly
+
+        for term in cp.terms:
+            a = self.form(term.a) if term.a is not None else Form(1)
+            b = self.form(term.b) if term.b is not None else None
+            add(term.measure, term.node, Polynomial.product(term.coef, a, b))
+        owner = {}
+        for mod_name, mod in model.named_modules():
+            for p in mod.parameters(recurse=False):
+                owner.setdefault(id(p), mod_name)
+        for p in model.parameters():  # parameters not modelled per channel count as constants
+            if id(p) not in cp.symbolic_params:
+                add("params", cp.first_call.get(owner.get(id(p), "")), Polynomial(p.numel()))
+        return per_macro, rest
+
+    def io_form(self, node: Node | None) -> tuple[Form, list[int]]:
+        """The channels per spatial position of a tensor, and the groups they depend on."""
+        if node is None:
+            return Form(0), []
+        d = self.cp.desc[node]
+        f = self.form(d.segs)  # per spatial position: a flattened tensor counts its channels
+        per_position = Form(simplify(Fraction(f.const) / d.spatial),
+                            {g: simplify(Fraction(c) / d.spatial) for g, c in f.coefs.items()})
+        return per_position, sorted(f.coefs)
+
+    def macro_layers(self, groups: list[Group], unit_list: list[list[int]]) -> list[MacroLayer]:
+        """What enters and leaves each macro-layer: the last cut point (a tensor every path
+        passes) before its first node, and the last cut point among its own nodes."""
+        order, cut, desc = self.order, self.cut, self.cp.desc
+        unit_of = {i: u for u, members in enumerate(unit_list) for i in members}
+        first_pos: dict[int, int] = {}
+        last_cut: dict[int, Node] = {}
+        for pos, node in enumerate(order):
+            i = self.node_macro.get(node)
+            if i is not None:
+                first_pos.setdefault(i, pos)
+                if cut[pos] and isinstance(desc.get(node), Chan):
+                    last_cut[i] = node
+
+        base = [g.base_width for g in groups]
+        macro_layers = []
+        for i, n in enumerate(self.names):
+            before = [node for pos, node in enumerate(order[:first_pos[i]])
+                      if cut[pos] and isinstance(desc.get(node), Chan)]
+            fin, gin = self.io_form(before[-1] if before else None)
+            fout, gout = self.io_form(last_cut.get(i))
+            macro_layers.append(MacroLayer(i, n, self.macro_micro[i], gin, gout,
+                                           int(fin.value(base)), int(fout.value(base)), fin,
+                                           fout, unit_of[i]))
+        return macro_layers
+
+    def constraints(self) -> list[Constraint]:
+        return [Constraint(self.form(p.inner), self.form(p.outer), p.where) for p in self.cp.pads
+                if self.form(p.outer).coefs]
+
+
+def _parse_ties(tie: Iterable[Sequence[int | str]], names: list[str]) -> list[list[int]]:
+    """The user's ``tie`` entries as lists of macro-layer indices."""
     macro_names = {n: i for i, n in enumerate(names)}
     ties = []
     for entry in tie:
@@ -200,95 +317,41 @@ def _build(model: nn.Module, gm: torch.fx.GraphModule, cp: ChannelPass,
                 raise RsnetError(f"tie: unknown macro-layer {key!r}; valid: 0..{len(names) - 1} "
                                  f"or {', '.join(names)}")
         ties.append(idx)
-    unit_list = units(len(names), [g.macros for g in groups] + ties)
-    unit_of = {i: u for u, members in enumerate(unit_list) for i in members}
+    return ties
 
-    # Cost polynomials, split by macro-layer.
-    zero = Polynomial()
-    per_macro = {"params": [zero] * len(names), "macs": [zero] * len(names)}
-    rest = {"params": zero, "macs": zero}
 
-    def add(measure: str, node: Node | None, poly: Polynomial) -> None:
-        i = node_macro.get(node) if node is not None else None
-        if i is None:
-            rest[measure] = rest[measure] + poly
-        else:
-            per_macro[measure][i] = per_macro[measure][i] + poly
+def _merge_units(model_name: str, unit_list: list[list[int]], groups: list[Group],
+                 macro_layers: list[MacroLayer], polys: tuple[Polynomial, Polynomial],
+                 constraints: list[Constraint]) -> list[list[int]]:
+    """The units, merged where a layer reads the widths of non-adjacent ones.
 
-    for term in cp.terms:
-        a = form(term.a) if term.a is not None else Form(1)
-        b = form(term.b) if term.b is not None else None
-        add(term.measure, term.node, Polynomial.product(term.coef, a, b))
-    owner = {}
-    for mod_name, mod in model.named_modules():
-        for p in mod.parameters(recurse=False):
-            owner.setdefault(id(p), mod_name)
-    for p in model.parameters():  # parameters not modelled per channel count as constants
-        if id(p) not in cp.symbolic_params:
-            add("params", cp.first_call.get(owner.get(id(p), "")), Polynomial(p.numel()))
-
-    params = sum(per_macro["params"], rest["params"])
-    macs = sum(per_macro["macs"], rest["macs"])
-
-    # What enters and leaves each macro-layer: the last cut point (a tensor every path
-    # passes) before its first node, and the last cut point among its own nodes.
-    first_pos: dict[int, int] = {}
-    last_cut: dict[int, Node] = {}
-    for pos, node in enumerate(order):
-        i = node_macro.get(node)
-        if i is not None:
-            first_pos.setdefault(i, pos)
-            if cut[pos] and isinstance(cp.desc.get(node), Chan):
-                last_cut[i] = node
-
-    def io_form(node: Node | None) -> tuple[Form, list[int]]:
-        if node is None:
-            return Form(0), []
-        d = cp.desc[node]
-        f = form(d.segs)  # per spatial position: a flattened tensor counts its channels
-        per_position = Form(simplify(Fraction(f.const) / d.spatial),
-                            {g: simplify(Fraction(c) / d.spatial) for g, c in f.coefs.items()})
-        return per_position, sorted(f.coefs)
-
-    base = [g.base_width for g in groups]
-    macro_layers = []
-    for i, n in enumerate(names):
-        before = [node for pos, node in enumerate(order[:first_pos[i]])
-                  if cut[pos] and isinstance(cp.desc.get(node), Chan)]
-        fin, gin = io_form(before[-1] if before else None)
-        fout, gout = io_form(last_cut.get(i))
-        macro_layers.append(MacroLayer(i, n, macro_micro[i], gin, gout, int(fin.value(base)),
-                                       int(fout.value(base)), fin, fout, unit_of[i]))
-
-    constraints = [Constraint(form(p.inner), form(p.outer), p.where) for p in cp.pads
-                   if form(p.outer).coefs]
-
-    # The solver's pair tables need every cost term and width comparison to read at most
-    # two consecutive units: merge units where a layer reads widths of distant ones
-    # (DenseNet: a transition reads the stem and every layer of its block).
+    The solver's pair tables need every cost term and width comparison to read at most
+    two consecutive units (DenseNet: a transition reads the stem and every layer of its
+    block). Updates ``MacroLayer.unit`` when units merge.
+    """
     def macros_of(gids: Iterable[int]) -> set[int]:  # a group's macro-layers share one unit
         return {groups[g].macros[0] for g in gids if groups[g].macros}
 
-    interacting = [macros_of(pair) for poly in (params, macs) for pair in poly.bil]
+    interacting = [macros_of(pair) for poly in polys for pair in poly.bil]
     interacting += [macros_of([*c.small.coefs, *c.big.coefs]) for c in constraints]
     outs = [m.out_form.coefs for m in macro_layers]
     interacting += [macros_of([*outs[i - 1], *outs[i]]) for i in range(1, len(outs))]
     merged = chain_units(unit_list, [m for m in interacting if len(m) > 1])
-    if len(merged) != len(unit_list):
-        log.info("%s: layers read the widths of non-adjacent units, so %d units become %d",
-                 type(model).__name__, len(unit_list), len(merged))
-        unit_list = merged
-        for u, members in enumerate(unit_list):
-            for i in members:
-                macro_layers[i].unit = u
-    graph = ModelGraph(type(model).__name__, size, micro, groups, macro_layers, unit_list,
-                       classifier, constraints, params, macs, per_macro["params"],
-                       per_macro["macs"], rest["params"], rest["macs"])
+    if len(merged) == len(unit_list):
+        return unit_list
+    log.info("%s: layers read the widths of non-adjacent units, so %d units become %d",
+             model_name, len(unit_list), len(merged))
+    for u, members in enumerate(merged):
+        for i in members:
+            macro_layers[i].unit = u
+    return merged
 
-    # Self-check against the real counts at baseline: a mismatch is a bug in this module.
+
+def _self_check(model: nn.Module, graph: ModelGraph, node_macs: dict[Node, int],
+                n_groups: int) -> None:
+    """Compare the cost model with the real counts at baseline: a mismatch is a bug here."""
     expected = (sum(p.numel() for p in model.parameters()), sum(node_macs.values()))
-    if graph.cost() != expected or len(gid_of) != len(groups):
+    if graph.cost() != expected or n_groups != len(graph.groups):
         raise RuntimeError(f"graph analysis of {type(model).__name__} is inconsistent: "
                            f"cost model {graph.cost()} vs counted {expected} "
                            f"(a bug in rsnet.graph)")
-    return graph

@@ -571,6 +571,12 @@ class ChannelPass(Coupling):
             out = tuple((t, c * (m.out_channels // g)) for t, c in in_segs)
             if name in self.fixed_names:
                 self.fix_segs(in_segs, f"scaling.fixed names {name}")
+            elif self.prunable and m.out_channels != g:
+                # the pruner would keep the group count; removing an input channel must
+                # remove one whole group (its k outputs) instead
+                self.fix_segs(in_segs, f"{name}: a depthwise conv with channel multiplier "
+                                       f"{m.out_channels // g} (rsnet.prune cannot remove "
+                                       f"its groups)")
             weight: tuple[int | Fraction, Segs, Segs | None] = (kk, out, None)
         else:
             kind = "conv"

@@ -20,6 +20,9 @@ __all__ = ["Form", "Polynomial", "MicroLayer", "Group", "MacroLayer", "Constrain
 
 Number = Union[int, Fraction]
 
+# MicroLayer.fixed of a layer whose width is fixed only because the layer feeding it is
+INPUT_FIXED = "its input has a fixed width"
+
 
 def exact(x: Number) -> int | float:
     """An integral value as int; a fractional one (widths breaking a multiple_of rule) as float."""
@@ -270,6 +273,30 @@ class ModelGraph:
                                  f"{len(w)} groups, ids 0..{len(w) - 1})")
             w[int(gid)] = int(width)
         return w
+
+    def describe(self) -> dict:
+        """The analysis as JSON (a run's groups.json): micro-layers, groups, macro-layers, units."""
+        return {"micro": [{"name": m.name, "kind": m.kind, "base_width": m.base_width,
+                           "macro": m.macro, "group": m.group} for m in self.micro],
+                "groups": [{"id": g.id, "members": g.members, "base_width": g.base_width}
+                           for g in self.groups],
+                "macro": [{"index": m.index, "name": m.name, "micro": m.micro, "unit": m.unit,
+                           "base_out_width": m.base_out_width} for m in self.macros],
+                "units": self.units}
+
+    def fixed_causes(self, limit: int = 3) -> str:
+        """Why widths are fixed, most frequent construct first (``""`` when none is): e.g.
+        "36 layers: a linear layer on a tensor that is not (batch, features) (first:
+        features.1.0.block.3)". Layers fixed only because their input is, and the
+        classifier, are not causes."""
+        causes: dict[str, list[str]] = {}
+        for m in self.micro:
+            if m.fixed and m.fixed != INPUT_FIXED and m.name != self.classifier:
+                where, sep, why = m.fixed.rpartition(": ")
+                causes.setdefault(why if sep else m.fixed, []).append(m.name)
+        ranked = sorted(causes.items(), key=lambda kv: -len(kv[1]))[:limit]
+        return "; ".join(f"{len(names)} layer{'s' * (len(names) > 1)}: {why} (first: {names[0]})"
+                         for why, names in ranked)
 
     def micro_layer(self, name: str) -> MicroLayer:
         for m in self.micro:

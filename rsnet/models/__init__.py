@@ -7,7 +7,8 @@
   ``wide_resnet`` (WRN-d-k, default WRN-40-2), ``densenet_cifar`` (DenseNet-40, k = 12; BC as
   an option), ``mobilenet_v2`` and ``shufflenet_v2`` (CIFAR strides).
 
-A model's classifier is its last ``nn.Linear``.
+A model's classifier is its last ``nn.Linear``, or its last 1x1 ``nn.Conv2d`` when it has no
+linear layer (SqueezeNet).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,7 +25,6 @@ from hydra.utils import instantiate
 from torch import nn
 
 from rsnet.config import ModelConfig
-from rsnet.data.subsets import ClassSubset
 from rsnet.errors import RsnetError
 from rsnet.utils import load_checkpoint_file
 
@@ -81,11 +82,26 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def classifier_name(model: nn.Module) -> str:
-    """Qualified name of the last nn.Linear (the classifier)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Qualified name of the classifier: the last nn.Linear, or the last 1x1 nn.Conv2d of a
+    model without one (SqueezeNet's conv -> ReLU -> global pool head)."""
+    modules = list(model.named_modules())
+    names = [n for n, m in modules if isinstance(m, nn.Linear)] or \
+        [n for n, m in modules if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
     if not names:
-        raise RsnetError(f"{type(model).__name__} has no nn.Linear classifier")
+        raise RsnetError(f"{type(model).__name__} has no classifier (no nn.Linear, no 1x1 "
+                         f"nn.Conv2d)")
     return names[-1]
+
+
+def _with_outputs(old: nn.Linear | nn.Conv2d, outputs: int) -> nn.Linear | nn.Conv2d:
+    """A freshly initialised layer like ``old`` with ``outputs`` outputs."""
+    bias = old.bias is not None
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, outputs, bias=bias)
+    else:
+        new = nn.Conv2d(old.in_channels, outputs, old.kernel_size, old.stride, old.padding,
+                        old.dilation, bias=bias)
+    return new.to(old.weight.device, old.weight.dtype)
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -94,28 +110,30 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def subset_head(model: nn.Module, subset: ClassSubset, mode: str = "subset") -> nn.Module:
-    """Replace the C-way classifier by an N-way one for ``subset`` (in place; returns model).
+def subset_head(model: nn.Module, classes: Sequence[int], num_base_classes: int, misc: bool,
+                mode: str = "subset") -> nn.Module:
+    """Replace the C-way classifier (``num_base_classes`` outputs) by an N-way one for the
+    original class indices ``classes`` (new labels: misc = 0 first when ``misc``, then the
+    classes in order); in place, returns the model.
 
     mode "subset": in-scope rows are the baseline's rows for those classes; the misc row is
     the mean of the out-of-scope rows with log(K) added to its bias (K out-of-scope classes),
     a first-order stand-in for the log-sum-exp of their logits. mode "reset": fresh init.
     """
     name = classifier_name(model)
-    old: nn.Linear = model.get_submodule(name)
-    if old.out_features != subset.num_base_classes:
-        raise RsnetError(f"classifier {name} has {old.out_features} outputs, the dataset "
-                         f"{subset.num_base_classes} classes")
-    new = nn.Linear(old.in_features, subset.num_outputs, bias=old.bias is not None)
-    new = new.to(old.weight.device, old.weight.dtype)
+    old = model.get_submodule(name)
+    if old.weight.shape[0] != num_base_classes:
+        raise RsnetError(f"classifier {name} has {old.weight.shape[0]} outputs, the dataset "
+                         f"{num_base_classes} classes")
+    rows = list(classes)
+    offset = int(misc)
+    new = _with_outputs(old, len(rows) + offset)
     if mode == "subset":
-        rows = list(subset.classes)
-        offset = int(subset.misc)
         new.weight[offset:] = old.weight[rows]
         if old.bias is not None:
             new.bias[offset:] = old.bias[rows]
-        if subset.misc:
-            others = [c for c in range(subset.num_base_classes) if c not in set(rows)]
+        if misc:
+            others = [c for c in range(num_base_classes) if c not in set(rows)]
             new.weight[0] = old.weight[others].mean(0)
             if old.bias is not None:
                 new.bias[0] = old.bias[others].mean() + math.log(len(others))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, init_weights
 
-__all__ = ["DenseLayer", "DenseBlock", "Transition", "DenseNetCifar", "densenet_cifar"]
+__all__ = ["DenseLayer", "DenseBlock", "Transition", "DenseNetCifar", "densenet_cifar", "widths_kwargs", "INIT"]
 
 
 class DenseLayer(nn.Module):
@@ -189,3 +189,19 @@ def densenet_cifar(
     model = DenseNetCifar(num_classes, stem, growths, inners, trans)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    layers = [(b, i) for b in (1, 2, 3) for i in range(len(getattr(baseline, f"block{b}").layers))]
+    bottleneck = baseline.block1.layers[0].conv1 is not None
+    return {"stem_width": w["stem"],
+            "growth_widths": [w[f"block{b}.layers.{i}.conv2"] for b, i in layers],
+            "bottleneck_widths": ([w[f"block{b}.layers.{i}.conv1"] for b, i in layers]
+                                  if bottleneck else None),
+            "transition_widths": [w["trans1.conv"], w["trans2.conv"]]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

@@ -36,7 +36,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, conv_bn_act, init_weights
 
-__all__ = ["BASELINE_WIDTHS", "INCEPTION_KEYS", "Inception", "AuxHead", "GoogLeNetRS", "googlenet_rs"]
+__all__ = ["BASELINE_WIDTHS", "INCEPTION_KEYS", "Inception", "AuxHead", "GoogLeNetRS", "googlenet_rs", "widths_kwargs", "INIT"]
 
 #: Order of the six widths of an inception module (the thesis's order).
 INCEPTION_KEYS = ("conv1x1", "reduce3x3", "reduce5x5", "conv3x3", "conv5x5", "pool_proj")
@@ -229,3 +229,17 @@ def googlenet_rs(
     )
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    widths = {k: w[f"{k}.conv"] for k in ("conv1", "conv2_reduce", "conv2")}
+    for key in BASELINE_WIDTHS:
+        if key.startswith("inception"):
+            widths[key] = [w[f"{key}.{b}.conv"] for b in INCEPTION_KEYS]
+    return {"widths": widths}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

@@ -37,7 +37,7 @@ are free.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, conv_bn_act, init_weights
 
-__all__ = ["Gunn2D", "GunnCifar", "gunn_cifar"]
+__all__ = ["Gunn2D", "GunnCifar", "gunn_cifar", "widths_kwargs", "INIT"]
 
 
 class Gunn2D(nn.Module):
@@ -192,3 +192,18 @@ def gunn_cifar(
                       per_stage)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    stages = range(1, baseline.num_stages + 1)
+    return {"stem_width": w["stem.conv"], "head_width": w["head.conv"],
+            "widths": [w[f"stage{s}.transition.conv"] for s in stages],
+            "inner_widths": [[w[f"stage{s}.gunn.updates.{k}.{c}.conv"] for c in "ab"]
+                             for s in stages
+                             for k in range(getattr(baseline, f"stage{s}").gunn.num_segments)]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

@@ -17,7 +17,7 @@ or less, ``stem_stride`` defaults to 1, so a 32 px input also ends at 2x2 instea
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, conv_bn_act, init_weights
 
-__all__ = ["DEFAULT_BLOCKS", "DepthwiseSeparable", "MobileNetV1", "mobilenet_v1"]
+__all__ = ["DEFAULT_BLOCKS", "DepthwiseSeparable", "MobileNetV1", "mobilenet_v1", "widths_kwargs", "INIT"]
 
 #: [pointwise width, depthwise stride] for the 13 blocks of the standard MobileNet v1.
 DEFAULT_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -114,3 +114,15 @@ def mobilenet_v1(
     model = MobileNetV1(num_classes, stem_width, parsed, stem_stride)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    blocks = [[w[f"features.{i}.pw"], baseline.features[i].dw.stride[0]]
+              for i in range(1, len(baseline.features))]
+    return {"stem_width": w["features.0.conv"], "blocks": blocks}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

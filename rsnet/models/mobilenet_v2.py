@@ -20,7 +20,7 @@ widths of a row's blocks form one residual stream (a coupled group) from the sec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, conv_bn_act, init_weights
 
-__all__ = ["CIFAR_SETTING", "InvertedResidual", "MobileNetV2", "mobilenet_v2"]
+__all__ = ["CIFAR_SETTING", "InvertedResidual", "MobileNetV2", "mobilenet_v2", "widths_kwargs", "INIT"]
 
 #: [expansion t, width c, blocks n, first stride s] per row; rows 1 and 2 at stride 1 for 32 px.
 CIFAR_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -148,3 +148,18 @@ def mobilenet_v2(
     model = MobileNetV2(num_classes, stem_width, blocks, last_width, stem_stride)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    blocks = range(1, len(baseline.features) - 1)
+    return {"stem_width": w["features.0.conv"],
+            "hidden_widths": [w[f"features.{i}.expand.conv"] for i in blocks
+                              if baseline.features[i].expand is not None],
+            "out_widths": [w[f"features.{i}.project.conv"] for i in blocks],
+            "last_width": w[f"features.{len(baseline.features) - 1}.conv"]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

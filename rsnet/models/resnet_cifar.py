@@ -16,7 +16,7 @@ shortcut, so stage widths prune too, and ``resnet_cifar(stage_widths=...)`` buil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width
 
-__all__ = ["PadShortcut", "BasicBlock", "ResNetCifar", "resnet_cifar"]
+__all__ = ["PadShortcut", "BasicBlock", "ResNetCifar", "resnet_cifar", "widths_kwargs", "INIT"]
 
 
 class PadShortcut(nn.Module):
@@ -153,3 +153,16 @@ def resnet_cifar(
     model = ResNetCifar(n, num_classes, stages, inner)
     init_akamaster(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    stages = [baseline.layer1, baseline.layer2, baseline.layer3]
+    return {"stage_widths": [w["conv1"], w["layer2.0.conv2"], w["layer3.0.conv2"]],
+            "inner_widths": [w[f"layer{s + 1}.{b}.conv1"] for s, stage in enumerate(stages)
+                             for b in range(len(stage))]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_akamaster

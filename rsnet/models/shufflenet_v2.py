@@ -23,7 +23,7 @@ express: see rsnet.graph's treatment of channel shuffles.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, conv_bn_act, init_weights
 
-__all__ = ["channel_shuffle", "ShuffleUnit", "ShuffleNetV2", "shufflenet_v2"]
+__all__ = ["channel_shuffle", "ShuffleUnit", "ShuffleNetV2", "shufflenet_v2", "widths_kwargs", "INIT"]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -149,3 +149,17 @@ def shufflenet_v2(
     model = ShuffleNetV2(num_classes, stem_width, reps, widths, inner, last_width, stem_stride)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    stages = [(s, len(getattr(baseline, f"stage{s}"))) for s in range(2, baseline.num_stages + 2)]
+    return {"stem_width": w["stem.conv"], "last_width": w["last.conv"],
+            "stage_widths": [2 * w[f"stage{s}.0.branch2.pw2.conv"] for s, _ in stages],
+            "inner_widths": [w[f"stage{s}.{i}.branch2.pw1.conv"] for s, n in stages
+                             for i in range(n)]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

@@ -14,7 +14,7 @@ also work.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, init_weights
 
-__all__ = ["DEFAULT_WIDTHS", "VGG", "vgg16"]
+__all__ = ["DEFAULT_WIDTHS", "VGG", "vgg16", "widths_kwargs", "INIT"]
 
 DEFAULT_WIDTHS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 _POOL_AFTER = (2, 4, 7, 10, 13)  # 1-based conv indices followed by a max-pool
@@ -75,3 +75,14 @@ def vgg16(
     model = VGG(ws, fc_width, num_classes)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    return {"widths": [w[f"features.conv{i}"] for i in range(1, 14)],
+            "fc_width": w["classifier.linear1"]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

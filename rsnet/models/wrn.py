@@ -16,7 +16,7 @@ a coupled group); ``inner_widths`` (one per block: its first conv) are free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width, init_weights
 
-__all__ = ["WideBlock", "WideResNet", "wide_resnet"]
+__all__ = ["WideBlock", "WideResNet", "wide_resnet", "widths_kwargs", "INIT"]
 
 
 class WideBlock(nn.Module):
@@ -138,3 +138,18 @@ def wide_resnet(
     model = WideResNet(n, num_classes, stem_width, stages, inner, list(projections), dropout)
     init_weights(model)
     return model
+
+
+def widths_kwargs(w: Mapping[str, int], baseline: nn.Module) -> dict:
+    """The builder's width arguments for ``{layer name: width}`` (a plan's widths) and the
+    baseline they scale (rsnet.models.widths.build_at_widths)."""
+    stages = [baseline.stage1, baseline.stage2, baseline.stage3]
+    return {"stem_width": w["conv1"],
+            "stage_widths": [w[f"stage{s + 1}.0.conv2"] for s in range(3)],
+            "inner_widths": [w[f"stage{s + 1}.{b}.conv1"] for s, stage in enumerate(stages)
+                             for b in range(len(stage))],
+            "projections": [stage[0].shortcut is not None for stage in stages]}
+
+
+# The builder's own initialisation, for re-initialising a pruned network ("from scratch").
+INIT = init_weights

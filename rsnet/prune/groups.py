@@ -100,6 +100,9 @@ def _executed(model: nn.Module, x: torch.Tensor, train: bool) -> list[nn.Module]
         with preserve_state(model), torch.no_grad():
             model.train(train)
             model(_batch2(x) if train else x)
+    except RuntimeError as err:
+        raise RsnetError(f"{type(model).__name__} does not run in {'training' if train else 'eval'} "
+                         f"mode on an input of shape {tuple(x.shape)}: {err}") from err
     finally:
         for h in hooks:
             h.remove()

@@ -11,9 +11,9 @@
 #      all-misc test set (every out-of-scope test image);
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
 # Every run resumes from its run directory if killed; rerun the same command.
-#   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/specialise.sh
+#   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/evidence/specialise.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 SEEDS=${SEEDS:-0,1,2}
 NS=${NS:-10,20}
 SCRATCH_EPOCHS=${SCRATCH_EPOCHS:-30}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CUDA evidence of the README ("Mixed precision", "GUNN-15 on a 3-class CIFAR-10 subset"),
-# on one GPU, inside a wall-clock budget (BUDGET_S, seconds from the start of this script):
+# The CUDA evidence of docs/scale.md ("Mixed precision") and docs/results.md ("GUNN-15 on 3
+# CIFAR-10 classes"), on one GPU, inside a wall-clock budget (BUDGET_S, seconds from the
+# start of this script):
 #   1. the pipeline's CUDA + fp16 + DistributedDataParallel path, under torchrun (1 process,
 #      NCCL): ResNet-20 fine-tuned one epoch on CIFAR-10 (JPEG);
 #   2. python scripts/bench.py train on the GPU: ResNet-20 images/s in fp32,
@@ -11,9 +12,9 @@
 #      number run is printed and is in the run's config).
 # Everything lands in EVIDENCE (default outputs/gpu_evidence): logs, bench JSON, the GUNN run's
 # metrics. Data: dataset.root as usual ($RSNET_DATA or ../shared/data).
-#   BUDGET_S=540 bash scripts/gpu_evidence.sh
+#   BUDGET_S=540 bash scripts/evidence/gpu_evidence.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 START=$(date +%s)
 BUDGET_S=${BUDGET_S:-3600}
 ACC_EPOCHS=${ACC_EPOCHS:-10}

@@ -4,9 +4,9 @@
 # thread each, then released in fp16 as checkpoints/<arch>_tiny200.pt. CPU hours (about 7 h
 # for GoogLeNet and 4 h for MobileNet on a 2-core Xeon): killed at any point, the same
 # command resumes each run from its last finished epoch.
-#   RUNS=/work/runs bash scripts/baselines.sh        # run directories under $RUNS
+#   RUNS=/work/runs bash scripts/evidence/baselines.sh        # run directories under $RUNS
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-outputs/runs}
 THREADS=${THREADS:-1}
 MODELS=${MODELS:-"googlenet mobilenet"}

@@ -14,7 +14,7 @@ fine-tuning; MorphNet's retraining, from scratch with ``compression.init=scratch
   with a MAC-weighted L1 penalty on the BatchNorm scales (``checkpoints/morphnet/``),
   widths read off the scales, expanded uniformly to ``scaling.budget``.
 
-This module is an extension of :mod:`rsnet.pipeline` (it reads the Hydra config).
+This module is part of the prune stage (:mod:`rsnet.stages.compress`; it reads the Hydra config).
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ from torch import nn
 from rsnet.budget import Budget, make_budget
 from rsnet.data import DataBundle
 from rsnet.errors import RsnetError
-from rsnet.graph import ModelGraph, analyze
+from rsnet.graph import ModelGraph
 from rsnet.metrics import count_macs, count_params
-from rsnet.models import build_model, subset_head
-from rsnet.models.widths import INITS
-from rsnet.plan import WidthPlan
+from rsnet.models.widths import family_init
+from rsnet.plan import WidthPlan, check_plan_cost
 from rsnet.prune import (CRITERIA, DATA_DRIVEN, calibration_batches, load_pruned, prune_to_widths,
                          reinitialize, save_pruned)
 from rsnet.prune.groups import train_only_layers
@@ -48,6 +47,8 @@ from rsnet.prune.netadapt import NetAdaptLog, Schedule, netadapt
 from rsnet.prune.widthgroups import floor_widths
 from rsnet.scaling import Scaler, WidthRule
 from rsnet.train import Runtime, fit, main_logits, make_loader, predict, split_metrics
+from rsnet.stages.context import Context
+from rsnet.stages.plan import analyze_nway, plan_metrics
 from rsnet.utils import atomic_write_json, load_checkpoint_file
 
 __all__ = ["SEARCH_METHODS", "RESOURCES", "check_search_settings", "stage_search", "search_metrics"]
@@ -280,39 +281,30 @@ def search_metrics(method: str, record: dict, criterion: str, init: str) -> dict
     return out
 
 
-def stage_search(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtime, run_dir: Path
-                 ) -> tuple[nn.Module, WidthPlan, dict]:
+def stage_search(ctx: Context) -> tuple[nn.Module, WidthPlan, dict]:
     """compression=netadapt / morphnet: find the widths, prune the baseline to them.
 
-    Returns (the pruned model, ready to train; its WidthPlan; flat metrics). Artifacts:
-    groups.json, the method's record, plan.json, checkpoints/pruned.pt; a rerun with all of
-    them present only reloads them.
+    Returns (the pruned model, ready to train; its WidthPlan; flat metrics, the plan's
+    included). Artifacts: groups.json, the method's record, plan.json,
+    checkpoints/pruned.pt; a rerun with all of them present only reloads them.
     """
-    from rsnet.pipeline import check_plan_cost, describe_graph  # the pipeline imports this module
-
-    comp, sc, size = cfg.compression, cfg.scaling, cfg.model.input_size
+    cfg, data, rt, run_dir, model = ctx.cfg, ctx.data, ctx.rt, ctx.run_dir, ctx.model
+    comp, sc, size = cfg.compression, cfg.scaling, ctx.input_size
     base_cost = {"params": count_params(model), "macs": count_macs(model, size)}
-    if data.subset is not None:
-        subset_head(model, data.subset, cfg.model.head if cfg.model.checkpoint else "reset")
-    example = torch.zeros(2, 3, size, size)
-
-    def fresh() -> nn.Module:  # the unpruned N-way architecture, for reloading
-        net = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), len(data.base_class_names))
-        return subset_head(net, data.subset, "reset") if data.subset is not None else net
-
-    arch = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), data.num_outputs)
-    graph = analyze(arch, size, fixed=list(sc.fixed), tie=[list(t) for t in sc.tie],
-                    leaf_modules=list(sc.leaf_modules), prunable=True)  # the result is pruned
-    atomic_write_json(run_dir / "groups.json", describe_graph(graph))
+    ctx.to_nway(model)
+    example = ctx.example()
+    graph = analyze_nway(ctx, prunable=True)  # the result is pruned
     final, plan_path, record_path = (run_dir / "checkpoints" / "pruned.pt", run_dir / "plan.json",
                                      run_dir / f"{comp.name}.json")
     if final.exists() and plan_path.exists() and record_path.exists():
         log.info("stage artifact %s exists: skipping %s", final.name, comp.name)
         record = json.loads(record_path.read_text())
-        return (rt.prepare(load_pruned(final, fresh, example)), WidthPlan.load(plan_path),
-                search_metrics(comp.name, record, comp.criterion, comp.init))
+        plan = WidthPlan.load(plan_path)
+        return (rt.prepare(load_pruned(final, ctx.nway_arch, example)), plan,
+                {**plan_metrics(plan), **search_metrics(comp.name, record, comp.criterion, comp.init)})
     if comp.name == "netadapt":
-        model, widths, budget, record = _netadapt(cfg, model, data, rt, run_dir, graph, example, fresh)
+        model, widths, budget, record = _netadapt(cfg, model, data, rt, run_dir, graph, example,
+                                                  ctx.nway_arch)
     else:
         model, widths, budget, record = _morphnet(cfg, model, data, rt, run_dir, graph, example,
                                                   base_cost)
@@ -322,8 +314,9 @@ def stage_search(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtim
     log.info("%s", plan.table())
     model = model.cpu()
     if comp.init == "scratch":  # the pruned architecture re-initialised (the builder's own init)
-        reinitialize(model, cfg.seed, INITS.get(cfg.model.arch["_target_"]))
+        reinitialize(model, cfg.seed, family_init(cfg.model.arch["_target_"]))
     check_plan_cost(model, plan, size, comp.name, params=not train_only_layers(model, example))
     save_pruned(final, model, plan.widths(), {"method": comp.name, "criterion": comp.criterion,
                                               "init": comp.init})
-    return rt.prepare(model), plan, search_metrics(comp.name, record, comp.criterion, comp.init)
+    return (rt.prepare(model), plan,
+            {**plan_metrics(plan), **search_metrics(comp.name, record, comp.criterion, comp.init)})

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The pruning evidence of issue 4 (README "Pruning ResNet-56 to half its MACs"): the
+# The pruning evidence (docs/results.md, "Pruning ResNet-56 to half its MACs"): the
 # unpruned reference, four criteria, L1's architecture trained from scratch, and L1 with
 # distillation from the unpruned pretrained model during fine-tuning. Each run
 # resumes from its run directory if killed; about 40 min on 2 CPU cores (bf16).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 python scripts/run.py experiment=resnet56_finetune progress=false
 python scripts/run.py -m experiment=resnet56_prune_half compression.criterion=l1,hrank,taylor,random progress=false
 python scripts/run.py experiment=resnet56_prune_half compression.init=scratch progress=false

@@ -10,7 +10,7 @@
 # all exported to int8, then the tables and plots (results/thesis_cpu/<model>/).
 # Every run resumes from its run directory if killed. On 2 CPU cores, about 3 hours.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BASE_EPOCHS=${BASE_EPOCHS:-4}
 EPOCHS=${EPOCHS:-5}
 FT_EPOCHS=${FT_EPOCHS:-3}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The related work's evidence at CPU scale (README "Results: pruning a WideResNet: criterion,
+# The related work's evidence at CPU scale (docs/results.md, "Pruning a WideResNet: criterion,
 # random, scratch"): WRN-16-2 trained from scratch on CIFAR-10 (JPEG) for BASE_EPOCHS epochs,
 # then half of its MACs carved out by L1 and by random pruning (FT_EPOCHS fine-tuning epochs
 # each), and the same pruned architecture trained from scratch for BASE_EPOCHS epochs
@@ -8,7 +8,7 @@
 # MACs (SPARSE_EPOCHS sparsifying epochs), each fine-tuned FT_EPOCHS epochs. Each run resumes
 # from its run directory. About 55 min on 2 idle CPU cores.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BASE_EPOCHS=${BASE_EPOCHS:-4}
 FT_EPOCHS=${FT_EPOCHS:-2}
 SPARSE_EPOCHS=${SPARSE_EPOCHS:-2}

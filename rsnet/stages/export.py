@@ -1,0 +1,104 @@
+"""Stage export: ONNX (verified against PyTorch), ONNX Runtime accuracy, calibrated int8,
+latency of PyTorch eager and ONNX Runtime (export/, export_metrics.json)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from rsnet.data import DataBundle
+from rsnet.data.loader import BatchLoader
+from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
+from rsnet.deploy.onnx_io import MainLogits
+from rsnet.errors import RsnetError
+from rsnet.metrics import measure_latency, session_latency
+from rsnet.prune import calibration_batches
+from rsnet.stages.context import Context, cached_json
+from rsnet.train import split_metrics
+
+
+def _split_batches(data: DataBundle, split: str, batch_size: int):
+    """Normalised fp32 CPU batches of a split, in order, without augmentation."""
+    return (x for x, _ in BatchLoader(getattr(data, split), batch_size, data.mean, data.std))
+
+
+def run(ctx: Context) -> None:
+    if ctx.cfg.export.name != "none":
+        ctx.metrics.update(cached_json(ctx.run_dir / "export_metrics.json",
+                                       lambda: export(ctx, ctx.metrics.get("openset/threshold"))))
+
+
+def export(ctx: Context, threshold: float | None = None) -> dict:
+    """ONNX export (export/model.onnx), verified against PyTorch fp32 on seeded test images;
+    test accuracy with ONNX Runtime; with ``export.int8`` the calibrated int8 model
+    (export/model_int8.onnx) and its accuracy and agreement; latency of PyTorch eager fp32 and
+    ONNX Runtime fp32 / int8 at ``export.latency.batch_sizes`` with a fixed thread count, and
+    of the trained baseline in PyTorch eager fp32 beside them (``latency/baseline_...``).
+    The misc threshold calibrated on validation (``threshold``) travels in the files' metadata,
+    so a deployed model says misc as the evaluation did.
+    """
+    cfg, model, data = ctx.cfg, ctx.model, ctx.data
+    ex = cfg.export
+    out_dir = ctx.run_dir / "export"
+    net = MainLogits(copy.deepcopy(model)).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    size, lat = cfg.model.input_size, ex.latency
+    # PyTorch first: ONNX Runtime's idle thread pools would compete with it
+    torch_latency = {"latency/threads": lat.threads, **{
+        f"latency/torch_fp32_b{b}_ms": measure_latency(net, size, b, lat.runs, lat.warmup,
+                                                       threads=lat.threads)
+        for b in lat.batch_sizes}}
+    if ctx.baseline is not None:  # Psi in the same runtime, threads and batch sizes
+        base = MainLogits(copy.deepcopy(ctx.baseline)).float().cpu().eval()
+        torch_latency.update({
+            f"latency/baseline_torch_fp32_b{b}_ms": measure_latency(
+                base, size, b, lat.runs, lat.warmup, threads=lat.threads)
+            for b in lat.batch_sizes})
+    meta = {"class_names": data.class_names, "misc_label": data.misc_label, "input_size": size,
+            "mean": list(data.mean), "std": list(data.std), "model": cfg.model.name,
+            "dataset": cfg.dataset.name, "run": cfg.name}
+    if threshold is not None:
+        meta.update({"misc_score": cfg.openset.score, "misc_threshold": threshold})
+    fp32 = export_onnx(net, out_dir / "model.onnx", size, ex.opset, ex.dynamic_batch, meta,
+                       compact=ex.compact)
+    session = open_session(fp32, ex.latency.threads)
+    # verification: PyTorch fp32 and ONNX Runtime on the same seeded test images
+    batches = calibration_batches(data.test, ex.verify_images, data.mean, data.std,
+                                  batch_size=ex.eval_batch_size, seed=cfg.seed,
+                                  setting="export.verify_images")
+    with torch.no_grad():
+        ref = torch.cat([net(x) for x, _ in batches])
+    got = onnx_logits(session, (x for x, _ in batches))
+    diff = (ref - got).abs().max().item()
+    agree = (ref.argmax(1) == got.argmax(1)).double().mean().item()
+    out = {"export/format": "onnx", "export/opset": ex.opset, "export/verify_images": len(ref),
+           "export/max_abs_diff": diff, "export/top1_agreement": agree,
+           "export/onnx_bytes": fp32.stat().st_size}
+    if diff > ex.atol or agree < ex.min_agreement:
+        fp32.unlink()
+        raise RsnetError(f"the ONNX export disagrees with PyTorch on {len(ref)} test images: max "
+                         f"|logit diff| {diff:.3g} (export.atol={ex.atol}), top-1 agreement "
+                         f"{agree:.4f} (export.min_agreement={ex.min_agreement}); the file was "
+                         f"removed. Loosen those settings only if you trust the difference")
+    fp32_test = onnx_logits(session, _split_batches(data, "test", ex.eval_batch_size))
+    out.update({f"onnx/test/{k}": v for k, v in
+                split_metrics(fp32_test, data.test, data.misc_label).items()})
+    sessions = {"fp32": session}
+    if ex.int8:
+        calib = calibration_batches(data.train, ex.calib_images, data.mean, data.std,
+                                    batch_size=32, seed=cfg.seed, setting="export.calib_images")
+        int8 = quantize_int8(fp32, out_dir / "model_int8.onnx", [x.numpy() for x, _ in calib],
+                             ex.calib_method, ex.per_channel, ex.compact)
+        sessions["int8"] = open_session(int8, ex.latency.threads)
+        int8_test = onnx_logits(sessions["int8"], _split_batches(data, "test", ex.eval_batch_size))
+        out.update({f"int8/test/{k}": v for k, v in
+                    split_metrics(int8_test, data.test, data.misc_label).items()})
+        out.update({"int8/top1_agreement": (int8_test.argmax(1) == fp32_test.argmax(1)).double().mean().item(),
+                    "int8/bytes": int8.stat().st_size,
+                    "int8/size_ratio": int8.stat().st_size / fp32.stat().st_size,
+                    "int8/calib_method": ex.calib_method, "int8/calib_images": ex.calib_images,
+                    "int8/per_channel": ex.per_channel})
+    for b in lat.batch_sizes:
+        for kind, sess in sessions.items():
+            out[f"latency/ort_{kind}_b{b}_ms"] = session_latency(sess, size, b, lat.runs, lat.warmup)
+    return {**out, **torch_latency}

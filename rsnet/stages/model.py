@@ -1,0 +1,12 @@
+"""Stage model: the C-way baseline (weights from ``model.checkpoint`` when given)."""
+
+from __future__ import annotations
+
+from rsnet.metrics import cost_metrics
+from rsnet.models import build_model
+from rsnet.stages.context import Context
+
+
+def run(ctx: Context) -> None:
+    ctx.model = build_model(ctx.cfg.model, len(ctx.data.base_class_names))
+    ctx.metrics.update(cost_metrics(ctx.model, ctx.input_size, "baseline"))

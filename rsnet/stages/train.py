@@ -1,0 +1,109 @@
+"""Stage train: fit the N-way model (from the plan's widths, the carved model or the
+re-headed baseline); the selected weights go to checkpoints/model.pt, the epochs to
+history.json. Distillation from the baseline and gradual magnitude pruning hook in here."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+from omegaconf import OmegaConf
+
+from rsnet import distributed, report
+from rsnet.distill import DistillationLoss, misc_calibration
+from rsnet.models.widths import build_at_widths
+from rsnet.plan import check_plan_cost
+from rsnet.sparsity import MagnitudePruner
+from rsnet.stages.context import Context
+from rsnet.train import fit, predict
+from rsnet.utils import atomic_torch_save, atomic_write_json, load_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Context) -> None:
+    ctx.model, ctx.history = train(ctx)
+    if not ctx.main:  # evaluation, export and the report are rank 0's alone
+        ctx.finished = True
+        return
+    ctx.metrics.update(report.history_metrics(ctx.history, ctx.cfg.train.select_on))
+
+
+def train(ctx: Context) -> tuple[torch.nn.Module, list[dict]]:
+    """Fit the (N-way) model; the selected weights go to checkpoints/model.pt.
+
+    With a plan, the model is the network pruned to it (``ctx.pruned``), or else the scaled
+    network built at the plan's widths from scratch (the thesis's way); its cost must equal
+    the plan's prediction.
+    """
+    cfg, data, plan, model, rt = ctx.cfg, ctx.data, ctx.plan, ctx.model, ctx.rt
+    final = ctx.run_dir / "checkpoints" / "model.pt"
+    if plan is not None and not ctx.pruned:
+        torch.manual_seed(cfg.seed)
+        model = build_at_widths(cfg.model, data.num_outputs, plan.widths(), model)
+        check_plan_cost(model, plan, ctx.input_size, "built at the plan")
+    elif plan is None:  # an untrained baseline has no rows worth keeping
+        ctx.to_nway(model)
+    model = rt.prepare(model)
+    if distributed.on_main(final.exists, rt.dist):  # under torchrun rank 0 decides for all ranks
+        log.info("stage artifact %s exists: skipping training", final)
+        if not rt.dist.is_main:
+            return model, []
+        model.load_state_dict(load_checkpoint_file(final, "trained model")["state_dict"])
+        return model, json.loads((ctx.run_dir / "history.json").read_text())
+    if cfg.train.epochs == 0:  # evaluate / export the model as it is (e.g. a pretrained one)
+        history: list[dict] = []
+    else:
+        history = _fit(ctx, model)
+    if rt.dist.is_main:
+        atomic_write_json(ctx.run_dir / "history.json", history)
+        atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
+                           "model": OmegaConf.to_container(cfg.model, resolve=True)}, final)
+    return model, history
+
+
+def magnitude_pruner(ctx: Context, model: torch.nn.Module) -> MagnitudePruner:
+    """Gradual magnitude pruning on the training stage's step counter (epochs -> steps)."""
+    sp = ctx.cfg.compression.sparsity
+    steps_per_epoch = max(1, len(ctx.data.train) // ctx.cfg.train.batch_size)
+    return MagnitudePruner(model, sp.initial_sparsity, sp.final_sparsity,
+                           int(sp.begin_epoch * steps_per_epoch), int(sp.end_epoch * steps_per_epoch),
+                           sp.frequency, sp.power, sp.scope, sp.prune_classifier)
+
+
+def distillation(ctx: Context) -> DistillationLoss:
+    """The loss that distils the baseline (``ctx.teacher``) into the model; with a misc
+    class, the teacher's misc logit is first calibrated on validation (distill.json)."""
+    cfg, data, rt = ctx.cfg, ctx.data, ctx.rt
+    d = cfg.train.distill  # a teacher exists: see pipeline.check_settings
+    teacher, bias = rt.prepare(ctx.teacher), 0.0
+    path = ctx.run_dir / "distill.json"
+
+    def calibrate() -> float:  # rank 0 alone: it reads and writes the run directory
+        if path.exists():  # a resumed run keeps the bias its earlier epochs trained with
+            bias_ = float(json.loads(path.read_text())["misc_bias"])
+            log.info("distillation: teacher misc logit bias %.4f from %s", bias_, path.name)
+            return bias_
+        # the C-way teacher on the subset's validation images (labels: 0 = misc)
+        logits = predict(teacher, data.val, data, rt.local(), cfg.train.eval_batch_size,
+                         "teacher val")
+        summary = misc_calibration(logits, data.val.targets, data.subset)
+        atomic_write_json(path, summary)
+        log.info("distillation: teacher misc logit bias %.4f; the mapped teacher's val local "
+                 "accuracy %.4f -> %.4f (%s)", summary["misc_bias"],
+                 summary["before/acc_local"], summary["after/acc_local"], path.name)
+        return summary["misc_bias"]
+
+    if d.calibrate_misc and data.subset is not None and data.subset.misc:
+        # the plain mapping sums every out-of-scope class into misc and teaches "misc"
+        bias = distributed.on_main(calibrate, rt.dist)
+    return DistillationLoss(teacher, d.temperature, d.alpha, data.subset, misc_bias=bias)
+
+
+def _fit(ctx: Context, model: torch.nn.Module) -> list[dict]:
+    cfg = ctx.cfg
+    hooks = [magnitude_pruner(ctx, model)] if cfg.compression.sparsity.enabled else []
+    distill = distillation(ctx) if cfg.train.distill.enabled else None
+    return fit(model, ctx.data, cfg.train, ctx.rt, ctx.run_dir / "checkpoints", cfg.seed,
+               distill=distill, hooks=hooks)
