@@ -112,7 +112,7 @@ class WidthRuleConfig:
 @dataclass
 class ScalingConfig:
     name: str = "none"  # none | rs | uniform | factors | plan
-    policy: Any = None  # {_target_: rsnet.scaling.<Policy>, ...}
+    policy: Any = None  # {_target_: rsnet.plan.policies.<Policy>, ...}
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     widths: WidthRuleConfig = field(default_factory=WidthRuleConfig)
     tie: List[List[str]] = field(default_factory=list)  # macro-layer names that share one factor

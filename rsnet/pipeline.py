@@ -29,7 +29,7 @@ from rsnet.errors import RsnetError
 from rsnet.stages import PIPELINE, Context
 from rsnet.stages.search import SEARCH_METHODS, check_search_settings
 from rsnet.train import check_select_on, resolve_runtime
-from rsnet.utils import atomic_write_json, atomic_write_text
+from rsnet.fileio import atomic_write_json, atomic_write_text
 from rsnet.validate import validate
 
 log = logging.getLogger(__name__)

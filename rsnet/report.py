@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rsnet.data import DataBundle
 from rsnet.train import selection_score
-from rsnet.utils import atomic_write_json, atomic_write_text
+from rsnet.fileio import atomic_write_json, atomic_write_text
 
 
 def history_metrics(history: list[dict], select_on: str) -> dict:

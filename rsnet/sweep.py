@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rsnet.errors import RsnetError
-from rsnet.utils import atomic_write_json, probe_writable
+from rsnet.fileio import atomic_write_json, probe_writable
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from rsnet.distributed import DistInfo
 from rsnet.errors import RsnetError
 from rsnet.progress import bar
 from rsnet.metrics import scope_metrics, topk_accuracy
-from rsnet.utils import atomic_torch_save, load_checkpoint_file
+from rsnet.fileio import atomic_torch_save, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_
     """
     restore_bn = distributed.convert_sync_batchnorm(model) if rt.sync_bn and rt.dist.enabled else None
     try:
-        return _fit(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end, distill, hooks)
+        return _train_epochs(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end, distill, hooks)
     finally:
         if restore_bn is not None:
             restore_bn()
@@ -258,9 +258,44 @@ def _load_on_main(path: Path, what: str, rt: Runtime):
     return distributed.on_main(load, rt.dist)
 
 
-def _fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_dir: Path,
-         seed: int, on_epoch_end: Callable[[int, dict], None] | None,
-         distill: DistillationLoss | None, hooks: Sequence[StepHook]) -> list[dict]:
+def _train_epoch(net: nn.Module, model: nn.Module, loader, criterion, optimizer, scheduler, scaler,
+                 hooks: Sequence[StepHook], distill: DistillationLoss | None, rt: Runtime,
+                 cfg: TrainConfig, epoch: int, seed: int) -> tuple[int, float, int, float]:
+    """One epoch of optimizer steps; returns (images seen, summed loss, correct, seconds)."""
+    torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
+    loader.set_epoch(epoch)
+    model.train()
+    t0, seen = time.perf_counter(), 0
+    # summed on the device: no host sync per step (a GPU runs ahead of the Python loop)
+    loss_sum = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), dtype=torch.long, device=rt.device)
+    batches = bar(loader, desc=f"epoch {epoch + 1}", leave=False)
+    for step, (x, y) in enumerate(batches):
+        with rt.autocast():
+            output = net(x)
+            kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
+            loss = _loss(criterion, output, y, cfg.aux_weight, kd)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for hook in hooks:
+            hook.step(epoch * len(loader) + step)
+        seen += len(y)
+        loss_sum += loss.detach().float() * len(y)
+        correct += (main_logits(output).argmax(1) == y).sum()
+        if step % 20 == 0 or step == len(loader) - 1:  # a non-finite loss makes the sum so
+            _check_finite(loss_sum, epoch, step)
+            batches.set_postfix(loss=f"{loss.item():.3f}")
+    loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
+    train_time = time.perf_counter() - t0
+    return seen, loss_sum, correct, train_time
+
+
+def _train_epochs(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime,
+                  ckpt_dir: Path, seed: int, on_epoch_end: Callable[[int, dict], None] | None,
+                  distill: DistillationLoss | None, hooks: Sequence[StepHook]) -> list[dict]:
     main = rt.dist.is_main
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -289,34 +324,9 @@ def _fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt
     net = distributed.wrap_ddp(model, rt.device) if rt.dist.enabled else model
 
     for epoch in bar(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs):
-        torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
-        loader.set_epoch(epoch)
-        model.train()
-        t0, seen = time.perf_counter(), 0
-        # summed on the device: no host sync per step (a GPU runs ahead of the Python loop)
-        loss_sum = torch.zeros((), device=rt.device)
-        correct = torch.zeros((), dtype=torch.long, device=rt.device)
-        batches = bar(loader, desc=f"epoch {epoch + 1}", leave=False)
-        for step, (x, y) in enumerate(batches):
-            with rt.autocast():
-                output = net(x)
-                kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
-                loss = _loss(criterion, output, y, cfg.aux_weight, kd)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for hook in hooks:
-                hook.step(epoch * len(loader) + step)
-            seen += len(y)
-            loss_sum += loss.detach().float() * len(y)
-            correct += (main_logits(output).argmax(1) == y).sum()
-            if step % 20 == 0 or step == len(loader) - 1:  # a non-finite loss makes the sum so
-                _check_finite(loss_sum, epoch, step)
-                batches.set_postfix(loss=f"{loss.item():.3f}")
-        loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
-        train_time = time.perf_counter() - t0
+        seen, loss_sum, correct, train_time = _train_epoch(
+            net, model, loader, criterion, optimizer, scheduler, scaler, hooks, distill, rt, cfg,
+            epoch, seed)
         if rt.dist.enabled:  # the whole job's epoch, and one model on every rank
             seen, loss_sum, correct = distributed.all_reduce_sum([seen, loss_sum, correct], rt.device)
             distributed.average_buffers(model)

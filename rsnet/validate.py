@@ -13,10 +13,10 @@ from numbers import Real
 
 from omegaconf import DictConfig, OmegaConf
 
-from rsnet.budget import RULES, UNITS
+from rsnet.plan.budget import RULES, UNITS
 from rsnet.errors import RsnetError
 from rsnet.openset import SCORES
-from rsnet.prune.criteria import CRITERIA
+from rsnet.compress.criteria import CRITERIA
 
 # (setting, lowest allowed value, highest or None, whether it must be an integer); a lowest
 # value given as POSITIVE means "greater than 0"

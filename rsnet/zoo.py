@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from rsnet.budget import make_budget
+from rsnet.plan.budget import make_budget
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import available_models, torchvision_model
-from rsnet.prune import current_widths, prune_to_widths
-from rsnet.prune.groups import train_only_layers
-from rsnet.scaling import ResourceScalable, Scaler, WidthRule
+from rsnet.compress import current_widths, prune_to_widths
+from rsnet.compress.dependency import train_only_layers
+from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
 
 __all__ = ["CarveResult", "carve_check", "torchvision_case", "torchvision_cases"]
 

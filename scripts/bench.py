@@ -191,10 +191,10 @@ THESIS_N5 = [5.0] * 8 + [4.0] * 4  # method.md section 4
 
 def bench_plan(args) -> dict:
     """Planning time and the rs plans: the thesis setting and the CPU-scale (64 px) one."""
-    from rsnet.budget import make_budget
+    from rsnet.plan.budget import make_budget
     from rsnet.graph import analyze
     from rsnet.metrics import count_macs, count_params
-    from rsnet.scaling import ResourceScalable, Scaler, WidthRule
+    from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
 
     settings = [("googlenet_rs", 227, 1000, False), ("googlenet_rs", 64, 200, True),
                 ("mobilenet_v1", 64, 200, True)]

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rsnet.errors import RsnetError
-from rsnet.utils import load_checkpoint_file
+from rsnet.fileio import load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ import rsnet.config  # noqa: F401
 from rsnet.metrics import count_macs, count_params
 from rsnet.models import build_model
 from rsnet.progress import bar
-from rsnet.utils import atomic_write_text
+from rsnet.fileio import atomic_write_text
 from rsnet.zoo import CLASSES, RATIO, CarveResult, carve_check, torchvision_case, torchvision_cases
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from rsnet.budget import make_budget
+from rsnet.plan.budget import make_budget
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import torchvision_model
-from rsnet.prune import current_widths, prune_to_widths
-from rsnet.scaling import ResourceScalable, Scaler, WidthRule
+from rsnet.compress import current_widths, prune_to_widths
+from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
 from rsnet.zoo import carve_check, torchvision_case, torchvision_cases
 from test_prune import trained_looking
 

@@ -25,7 +25,7 @@ from rsnet.models import build_model
 from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.mobilenet_v1 import mobilenet_v1
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.prune import prune_to_widths
+from rsnet.compress import prune_to_widths
 from test_prune import TOYS, half, trained_looking
 
 RTOL = 1e-4  # fp32 ONNX Runtime vs PyTorch (BN folded: float reassociation), relative to max |logit|

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_cfg
-from rsnet.budget import make_budget
+from rsnet.plan.budget import make_budget
 from rsnet.deploy import export_onnx, onnx_logits, open_session
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
@@ -30,8 +30,8 @@ from rsnet.models.mobilenet_v2 import mobilenet_v2
 from rsnet.models.shufflenet_v2 import channel_shuffle, shufflenet_v2
 from rsnet.models.widths import build_at_widths, out_widths
 from rsnet.models.wrn import wide_resnet
-from rsnet.prune import current_widths, prune_to_widths
-from rsnet.scaling import ResourceScalable, Scaler, WidthRule
+from rsnet.compress import current_widths, prune_to_widths
+from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
 from test_prune import trained_looking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,7 +146,7 @@ def test_build_at_plan_widths(name):
 def test_what_plans_cannot_prune_is_fixed_and_says_why(caplog):
     """Gunn2D stages (segment split + in-place updates) and ShuffleNetV2 streams (channel
     shuffle, when the plan will be pruned) keep their widths, with a reason in the plan."""
-    caplog.set_level("INFO", logger="rsnet.scaling")
+    caplog.set_level("INFO", logger="rsnet.plan.policies")
     _, plan, _ = plan_for(tiny("gunn"))
     held = {m.name: m.fixed for m in plan.held()}
     assert "stage1.transition.conv" in held and "split" in held["stage1.transition.conv"]

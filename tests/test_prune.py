@@ -1,4 +1,4 @@
-"""Tests of rsnet.prune: exact widths for every criterion, the criteria themselves, option-A
+"""Tests of rsnet.compress: exact widths for every criterion, the criteria themselves, option-A
 shortcuts, depthwise and concat groups, aux heads, schedules, re-init, save / load."""
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.layers import conv_bn_act, init_weights
 from rsnet.models.mobilenet_v1 import mobilenet_v1
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.prune import (CRITERIA, DATA_DRIVEN, IndexShortcut, convert_pad_shortcuts,
+from rsnet.compress import (CRITERIA, DATA_DRIVEN, IndexShortcut, convert_pad_shortcuts,
                          current_widths, index_shortcut_pruner, prune_to_widths, reinitialize,
                          save_pruned, width_schedule)
-from rsnet.prune.criteria import aggregate
-from rsnet.prune.groups import build_graph
+from rsnet.compress.criteria import aggregate
+from rsnet.compress.dependency import build_graph
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -532,7 +532,7 @@ def test_save_load_in_a_fresh_process(tmp_path):
     script = f"""
 import torch
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.prune import load_pruned
+from rsnet.compress import load_pruned
 model = load_pruned({str(tmp_path / 'pruned.pt')!r}, lambda: resnet_cifar(8, 10, (4, 8, 16)))
 io = torch.load({str(tmp_path / 'io.pt')!r})
 with torch.no_grad():

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import THESIS_WIDTHS
-from rsnet.budget import make_budget
+from rsnet.plan.budget import make_budget
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.resnet_cifar import resnet_cifar
 from rsnet.plan import WidthPlan
-from rsnet.scaling import FromPlan, GivenFactors, ResourceScalable, Scaler, Uniform, WidthRule
+from rsnet.plan.policies import FromPlan, GivenFactors, ResourceScalable, Scaler, Uniform, WidthRule
 from rsnet.models import googlenet_rs as googlenet_family
 from rsnet.models import resnet_cifar as resnet_family
 

@@ -20,7 +20,7 @@ from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.models.resnet_cifar import resnet_cifar
 from rsnet.plan import WidthPlan
-from rsnet.prune.morphnet import (GammaPenalty, channel_scales, expand_widths, fit_to_budget,
+from rsnet.compress.morphnet import (GammaPenalty, channel_scales, expand_widths, fit_to_budget,
                                   gamma_groups, marginal_costs, read_widths)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rsnet.errors import RsnetError
-from rsnet.solver import ChainProblem, brute_force, solve
+from rsnet.plan.solver import ChainProblem, brute_force, solve
 
 
 def random_problem(rng, F, U, invalid=0.1) -> ChainProblem:

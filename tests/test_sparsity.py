@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from rsnet.errors import RsnetError
-from rsnet.sparsity import MagnitudePruner, polynomial_sparsity, prunable_layers, sparsity_report
+from rsnet.compress.sparsity import MagnitudePruner, polynomial_sparsity, prunable_layers, sparsity_report
 
 
 def small_cnn(seed: int = 0, classes: int = 5) -> nn.Module:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from rsnet.errors import RsnetError
 from rsnet.progress import bar
-from rsnet.utils import probe_writable
+from rsnet.fileio import probe_writable
 
 log = logging.getLogger(__name__)
 

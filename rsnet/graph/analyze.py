@@ -77,7 +77,7 @@ def analyze(model: nn.Module, input_size: int | Sequence[int], fixed: Iterable[s
             norm layer, otherwise a fixed-width layer (inputs fixed, parameters and MACs
             constant).
         in_channels: channels of the input image.
-        prunable: the widths will be realised by pruning (rsnet.prune), not by building the
+        prunable: the widths will be realised by pruning (rsnet.compress), not by building the
             model from scratch: also fix the widths of constructs the pruner cannot select
             channels through (channel shuffles), which a from-scratch build can scale.
 

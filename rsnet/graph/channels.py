@@ -118,7 +118,7 @@ def _swaps_channel_groups(node: Node) -> bool:
 
 
 #: Why the pruner-facing analysis (``prunable=True``) fixes a channel shuffle's widths.
-SHUFFLE_REASON = ("channel shuffle: rsnet.prune (torch-pruning) cannot select channels through "
+SHUFFLE_REASON = ("channel shuffle: rsnet.compress (torch-pruning) cannot select channels through "
                   "it, so the widths it shuffles stay at full width when the plan is pruned")
 
 
@@ -575,7 +575,7 @@ class ChannelPass(Coupling):
                 # the pruner would keep the group count; removing an input channel must
                 # remove one whole group (its k outputs) instead
                 self.fix_segs(in_segs, f"{name}: a depthwise conv with channel multiplier "
-                                       f"{m.out_channels // g} (rsnet.prune cannot remove "
+                                       f"{m.out_channels // g} (rsnet.compress cannot remove "
                                        f"its groups)")
             weight: tuple[int | Fraction, Segs, Segs | None] = (kk, out, None)
         else:
@@ -590,7 +590,7 @@ class ChannelPass(Coupling):
                 # the pruner keeps the group count by removing the same positions of every
                 # group, which it can only do on one coupled group's channels, not a concat
                 self.fix_segs(in_segs, f"{name}: a grouped conv reading several groups' "
-                                       f"channels (rsnet.prune cannot keep its groups equal)")
+                                       f"channels (rsnet.compress cannot keep its groups equal)")
             if g > 1:  # grouped conv: widths must stay divisible by the group count
                 self.tokens.need_multiple(token, g)
                 for t, _ in in_segs:

@@ -150,7 +150,7 @@ def units(n_macros: int, shared: Sequence[Sequence[int]]) -> list[list[int]]:
 def chain_units(unit_list: Sequence[Sequence[int]], interacting: Sequence[set[int]]
                 ) -> list[list[int]]:
     """Merge units until each set of ``interacting`` macro-layers lies in at most two
-    consecutive units (the chain that rsnet.solver's pair tables assume).
+    consecutive units (the chain that rsnet.plan.solver's pair tables assume).
 
     A set is the macro-layers whose widths one cost term or one width comparison reads,
     e.g. a DenseNet transition conv reading the stem and every layer of the block before

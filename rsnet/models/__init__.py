@@ -26,7 +26,7 @@ from torch import nn
 
 from rsnet.config import ModelConfig
 from rsnet.errors import RsnetError
-from rsnet.utils import load_checkpoint_file
+from rsnet.fileio import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]

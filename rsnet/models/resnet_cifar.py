@@ -10,7 +10,7 @@ parameters. Inputs are ``(B, 3, 32, 32)`` CIFAR images; other sizes work as well
 Widths: ``stage_widths`` are the three residual-coupled widths (every block in a stage adds
 into the same tensor); ``inner_widths`` (one per block) are the conv1 output widths inside
 each block, the only widths free of that coupling. torch-pruning does not see the channel
-offsets of the option-A pad; ``rsnet.prune`` swaps ``PadShortcut`` for a prunable index
+offsets of the option-A pad; ``rsnet.compress`` swaps ``PadShortcut`` for a prunable index
 shortcut, so stage widths prune too, and ``resnet_cifar(stage_widths=...)`` builds them directly.
 """
 

@@ -16,13 +16,14 @@ import torch
 from omegaconf import OmegaConf
 
 from rsnet import distributed
+from rsnet.data.calibration import calibration_batches
 from rsnet.errors import RsnetError
 from rsnet.metrics import count_params
 from rsnet.models.widths import family_init
 from rsnet.plan import check_plan_cost
-from rsnet.prune import (DATA_DRIVEN, calibration_batches, current_widths, load_pruned,
+from rsnet.compress import (DATA_DRIVEN, current_widths, load_pruned,
                          prune_to_widths, reinitialize, save_pruned, width_schedule)
-from rsnet.prune.groups import train_only_layers
+from rsnet.compress.dependency import train_only_layers
 from rsnet.stages.context import Context
 from rsnet.stages.search import SEARCH_METHODS, stage_search
 from rsnet.train import Runtime, fit

@@ -17,7 +17,7 @@ from rsnet.data import DataBundle
 from rsnet.models import build_model, subset_head
 from rsnet.plan import WidthPlan
 from rsnet.train import Runtime
-from rsnet.utils import atomic_write_json
+from rsnet.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rsnet.data import build_data
 from rsnet.stages.context import Context
-from rsnet.utils import atomic_write_json
+from rsnet.fileio import atomic_write_json
 
 
 def run(ctx: Context) -> None:

@@ -11,10 +11,10 @@ from omegaconf import DictConfig
 from rsnet.data import DataBundle
 from rsnet.metrics import cost_metrics, measure_latency
 from rsnet.openset import openset_metrics
-from rsnet.sparsity import sparsity_report
+from rsnet.compress.sparsity import sparsity_report
 from rsnet.stages.context import Context, cached_json
 from rsnet.train import predict, split_metrics
-from rsnet.utils import atomic_write_json
+from rsnet.fileio import atomic_write_json
 
 
 def nway_metrics(cfg: DictConfig, logits_of: Callable, data: DataBundle,

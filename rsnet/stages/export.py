@@ -13,7 +13,7 @@ from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
 from rsnet.deploy.onnx_io import MainLogits
 from rsnet.errors import RsnetError
 from rsnet.metrics import measure_latency, session_latency
-from rsnet.prune import calibration_batches
+from rsnet.data.calibration import calibration_batches
 from rsnet.stages.context import Context, cached_json
 from rsnet.train import split_metrics
 

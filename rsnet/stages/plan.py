@@ -10,14 +10,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from rsnet import distributed
-from rsnet.budget import make_budget
+from rsnet.plan.budget import make_budget
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.plan import WidthPlan
-from rsnet.scaling import Scaler, WidthRule
+from rsnet.plan.policies import Scaler, WidthRule
 from rsnet.stages.context import Context
-from rsnet.utils import atomic_write_json
+from rsnet.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 

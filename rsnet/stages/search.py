@@ -6,11 +6,11 @@ plan and prune stages: they leave ``groups.json``, ``plan.json`` (policy ``netad
 ``morphnet.json``); the training stage then fine-tunes the result (NetAdapt's long-term
 fine-tuning; MorphNet's retraining, from scratch with ``compression.init=scratch``).
 
-- NetAdapt (Yang et al., ECCV 2018), :mod:`rsnet.prune.netadapt`: the resource is ONNX
+- NetAdapt (Yang et al., ECCV 2018), :mod:`rsnet.compress.netadapt`: the resource is ONNX
   Runtime latency read from a lookup table of single-layer models measured on this machine
-  (:mod:`rsnet.prune.latency`, ``latency_lut.json``), anchored to the measured latency of
+  (:mod:`rsnet.deploy.latency_table`, ``latency_lut.json``), anchored to the measured latency of
   the exported starting model; or exact MACs / params.
-- MorphNet (Gordon et al., CVPR 2018), :mod:`rsnet.prune.morphnet`: sparsifying training
+- MorphNet (Gordon et al., CVPR 2018), :mod:`rsnet.compress.morphnet`: sparsifying training
   with a MAC-weighted L1 penalty on the BatchNorm scales (``checkpoints/morphnet/``),
   widths read off the scales, expanded uniformly to ``scaling.budget``.
 
@@ -31,25 +31,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from rsnet.budget import Budget, make_budget
+from rsnet.plan.budget import Budget, make_budget
 from rsnet.data import DataBundle
+from rsnet.data.calibration import calibration_batches
 from rsnet.errors import RsnetError
 from rsnet.graph import ModelGraph
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.widths import family_init
 from rsnet.plan import WidthPlan, check_plan_cost
-from rsnet.prune import (CRITERIA, DATA_DRIVEN, calibration_batches, load_pruned, prune_to_widths,
+from rsnet.compress import (CRITERIA, DATA_DRIVEN, load_pruned, prune_to_widths,
                          reinitialize, save_pruned)
-from rsnet.prune.groups import train_only_layers
-from rsnet.prune.latency import LatencyModel, LatencyTable, layer_specs, measure_model_ms
-from rsnet.prune.morphnet import (COSTS, GammaPenalty, fit_to_budget, gamma_groups, read_widths)
-from rsnet.prune.netadapt import NetAdaptLog, Schedule, netadapt
-from rsnet.prune.widthgroups import floor_widths
-from rsnet.scaling import Scaler, WidthRule
+from rsnet.compress.dependency import train_only_layers
+from rsnet.deploy.latency_table import LatencyModel, LatencyTable, layer_specs, measure_model_ms
+from rsnet.compress.morphnet import (COSTS, GammaPenalty, fit_to_budget, gamma_groups, read_widths)
+from rsnet.compress.netadapt import NetAdaptLog, Schedule, netadapt
+from rsnet.compress.group_widths import floor_widths
+from rsnet.plan.policies import Scaler, WidthRule
 from rsnet.train import Runtime, fit, main_logits, make_loader, predict, split_metrics
 from rsnet.stages.context import Context
 from rsnet.stages.plan import analyze_nway, plan_metrics
-from rsnet.utils import atomic_write_json, load_checkpoint_file
+from rsnet.fileio import atomic_write_json, load_checkpoint_file
 
 __all__ = ["SEARCH_METHODS", "RESOURCES", "check_search_settings", "stage_search", "search_metrics"]
 

@@ -14,10 +14,10 @@ from rsnet import distributed, report
 from rsnet.distill import DistillationLoss, misc_calibration
 from rsnet.models.widths import build_at_widths
 from rsnet.plan import check_plan_cost
-from rsnet.sparsity import MagnitudePruner
+from rsnet.compress.sparsity import MagnitudePruner
 from rsnet.stages.context import Context
 from rsnet.train import fit, predict
-from rsnet.utils import atomic_torch_save, atomic_write_json, load_checkpoint_file
+from rsnet.fileio import atomic_torch_save, atomic_write_json, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def train(ctx: Context) -> tuple[torch.nn.Module, list[dict]]:
     if cfg.train.epochs == 0:  # evaluate / export the model as it is (e.g. a pretrained one)
         history: list[dict] = []
     else:
-        history = _fit(ctx, model)
+        history = fit_n_way(ctx, model)
     if rt.dist.is_main:
         atomic_write_json(ctx.run_dir / "history.json", history)
         atomic_torch_save({"state_dict": model.state_dict(), "class_names": data.class_names,
@@ -101,7 +101,7 @@ def distillation(ctx: Context) -> DistillationLoss:
     return DistillationLoss(teacher, d.temperature, d.alpha, data.subset, misc_bias=bias)
 
 
-def _fit(ctx: Context, model: torch.nn.Module) -> list[dict]:
+def fit_n_way(ctx: Context, model: torch.nn.Module) -> list[dict]:
     cfg = ctx.cfg
     hooks = [magnitude_pruner(ctx, model)] if cfg.compression.sparsity.enabled else []
     distill = distillation(ctx) if cfg.train.distill.enabled else None

@@ -22,8 +22,8 @@ from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from rsnet.errors import RsnetError
 from rsnet.models.layers import torch_pruning_pruners
-from rsnet.prune.shortcut import IndexShortcut, index_shortcut_pruner
-from rsnet.prune.shuffle import ShuffleBarrier, shuffle_barrier_model, shuffle_barrier_pruner
+from rsnet.compress.shortcut import IndexShortcut, index_shortcut_pruner
+from rsnet.compress.shuffle import ShuffleBarrier, shuffle_barrier_model, shuffle_barrier_pruner
 
 __all__ = ["Member", "GroupPlan", "build_graph", "train_only_layers", "plan_groups",
            "layer_width", "preserve_state", "cuda_devices", "output_layer", "frozen_index_mapping"]
@@ -217,7 +217,7 @@ def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
                 model, _batch2(x), forward_fn=forward_fn, customized_pruners=pruners,
                 verbose=False)
         model.eval()
-        # Channel shuffles become opaque layers (rsnet.prune.shuffle); the GraphModule holds
+        # Channel shuffles become opaque layers (rsnet.compress.shuffle); the GraphModule holds
         # the model's own layers, so pruning it prunes the model.
         traced = shuffle_barrier_model(model, x)
         if traced is not None:
@@ -226,7 +226,7 @@ def build_graph(model: nn.Module, x: torch.Tensor, train_mode: bool = False):
             model if traced is None else traced, x, customized_pruners=pruners, verbose=False)
 
 
-def _members(group: Any, names: Mapping[nn.Module, str],
+def group_members(group: Any, names: Mapping[nn.Module, str],
              DG: Any) -> tuple[list[Member], list[Member]]:
     """(conv / linear members, BatchNorm members) of a torch-pruning group."""
     layers, norms = [], []
@@ -304,7 +304,7 @@ def plan_groups(model: nn.Module, DG: Any, widths: Mapping[str, int],
     groups = list(DG.get_all_groups(ignored_layers=ignored,
                                     root_module_types=[nn.Conv2d, nn.Linear]))
     for group in groups:
-        layers, norms = _members(group, names, DG)
+        layers, norms = group_members(group, names, DG)
         root = group[0].dep.target.module
         size = len(group[0].idxs)
         covered.update(m.name for m in layers)

@@ -9,7 +9,7 @@ from torch import nn
 
 from rsnet.errors import RsnetError
 from rsnet.models.layers import ShiftBatchNorm2d
-from rsnet.prune.groups import cuda_devices
+from rsnet.compress.dependency import cuda_devices
 
 __all__ = ["reinitialize"]
 

@@ -3,7 +3,7 @@
 The widths they change are those of :mod:`rsnet.graph`'s coupled groups (a residual stream,
 an inner conv, a depthwise conv with its producer, an inception branch): one width per
 group id, turned into per-layer widths with ``ModelGraph.layer_widths`` for
-:func:`rsnet.prune.prune_to_widths`. A group's width moves in steps of its ``multiple_of``
+:func:`rsnet.compress.prune_to_widths`. A group's width moves in steps of its ``multiple_of``
 (grouped convs, channel shuffles) and of ``round_to`` when set, never below ``min_width``;
 option-A shortcuts add the constraints ``small <= big`` (a zero-pad cannot shrink), which
 :func:`repair` restores by widening the padded side.

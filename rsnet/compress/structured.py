@@ -9,16 +9,16 @@ from torch import nn
 
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width
-from rsnet.prune.criteria import check_criterion, score_groups
-from rsnet.prune.groups import (LAYERS, GroupPlan, build_graph, frozen_index_mapping,
+from rsnet.compress.criteria import check_criterion, score_groups
+from rsnet.compress.dependency import (LAYERS, GroupPlan, build_graph, frozen_index_mapping,
                                 layer_width, output_layer, plan_groups, preserve_state,
                                 prune_together, train_only_layers)
-from rsnet.prune.shortcut import convert_pad_shortcuts
+from rsnet.compress.shortcut import convert_pad_shortcuts
 
 __all__ = ["prune_to_widths", "current_widths", "EXAMPLE_SHAPE_ATTR"]
 
 #: Attribute set on a pruned model: the example-input shape it was pruned with (used by
-#: :func:`rsnet.prune.save_pruned` to rebuild the structure later).
+#: :func:`rsnet.compress.save_pruned` to rebuild the structure later).
 EXAMPLE_SHAPE_ATTR = "rsnet_prune_input_shape"
 
 
@@ -73,7 +73,7 @@ def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: 
     Args:
         model: the network (a trained baseline, or an already pruned one: pruning again to
             smaller widths is the iterative schedule). Option-A ``PadShortcut`` modules are
-            first replaced by equivalent :class:`rsnet.prune.IndexShortcut` modules.
+            first replaced by equivalent :class:`rsnet.compress.IndexShortcut` modules.
         widths: ``{conv / linear module name: target output width}``, e.g.
             ``WidthPlan.widths()``; layers not named keep their width. Coupled layers (one
             torch-pruning group: a residual stream, a depthwise conv and its producer) must
@@ -81,7 +81,7 @@ def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: 
             only be given their current width.
         example_input: a batch shaped like the model's input, e.g. ``(1, 3, 32, 32)``
             (used to trace the dependency graph; its values do not matter).
-        criterion: channel-importance criterion (see :mod:`rsnet.prune.criteria`).
+        criterion: channel-importance criterion (see :mod:`rsnet.compress.criteria`).
         calib: iterable of ``(x, y)`` batches (normalised float images, int64 targets),
             required by the data-driven criteria; iterated once.
         seed: seed of the ``random`` criterion.

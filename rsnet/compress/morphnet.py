@@ -33,9 +33,9 @@ from torch import nn
 from rsnet.errors import RsnetError
 from rsnet.graph import ModelGraph, Polynomial
 from rsnet.models import classifier_name
-from rsnet.prune.groups import _members, build_graph, train_only_layers
-from rsnet.prune.shortcut import convert_pad_shortcuts
-from rsnet.prune.widthgroups import floor_width, repair, width_step
+from rsnet.compress.dependency import group_members, build_graph, train_only_layers
+from rsnet.compress.shortcut import convert_pad_shortcuts
+from rsnet.compress.group_widths import floor_width, repair, width_step
 
 __all__ = ["COSTS", "GammaGroup", "gamma_groups", "channel_scales", "marginal_costs",
            "GammaPenalty", "read_widths", "expand_widths", "fit_to_budget"]
@@ -59,7 +59,7 @@ def gamma_groups(model: nn.Module, graph: ModelGraph, example: torch.Tensor) -> 
     """The BatchNorm scales of every width group of ``graph``, found with torch-pruning.
 
     ``model`` is the (unpruned) network ``graph`` was traced from; option-A shortcuts are
-    converted to :class:`rsnet.prune.IndexShortcut` in place, as pruning would. Groups whose
+    converted to :class:`rsnet.compress.IndexShortcut` in place, as pruning would. Groups whose
     layers have no BatchNorm are left out (their width is not read off scales).
     RsnetError for a BatchNorm without scale.
     """
@@ -71,7 +71,7 @@ def gamma_groups(model: nn.Module, graph: ModelGraph, example: torch.Tensor) -> 
     known = {m.name: m.group for m in graph.micro}
     out = []
     for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-        layers, norms = _members(group, names, DG)
+        layers, norms = group_members(group, names, DG)
         gids = {known.get(m.name) for m in layers} - {None}
         if len(gids) != 1 or not norms:
             if len(gids) > 1 and norms:  # torch-pruning couples what rsnet.graph keeps apart

@@ -22,7 +22,7 @@ def width_schedule(base_widths: Mapping[str, int], target_widths: Mapping[str, i
     - widths never grow from one step to the next;
     - layers with equal base and equal target widths (coupled layers: a residual stream, a
       depthwise conv and its producer) get equal widths at every step, so each step is a
-      valid :func:`rsnet.prune.prune_to_widths` target.
+      valid :func:`rsnet.compress.prune_to_widths` target.
 
     Layers only in ``base_widths`` keep their width; a layer only in ``target_widths`` is
     an error. Usage: ``for w in width_schedule(base, target, k): prune_to_widths(model, w,

@@ -4,7 +4,7 @@ Affine scaling (method.md section 4): a unit (a macro-layer, or macro-layers tha
 a width) with factor s gives every free micro-layer width c' = rint(c / s) (round half to
 even), at least ``min_width`` and, with ``round_to``, the nearest multiple of it. Policies:
 
-- ``ResourceScalable`` (``scaling=rs``): the exact chain solver of rsnet.solver under the budget;
+- ``ResourceScalable`` (``scaling=rs``): the exact chain solver of rsnet.plan.solver under the budget;
 - ``Uniform`` (``scaling=uniform``): one factor for all units, the largest widths in budget;
 - ``GivenFactors`` (``scaling=factors``): one factor per macro-layer, applied as given;
 - ``FromPlan`` (``scaling=plan``): the widths of a plan.json file.
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsnet.budget import Budget
+from rsnet.plan.budget import Budget
 from rsnet.errors import RsnetError
 from rsnet.graph import ModelGraph
 from rsnet.plan import MacroWidth, MicroWidth, WidthPlan
-from rsnet.solver import ChainProblem, solve
+from rsnet.plan.solver import ChainProblem, solve
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def fixed_note(graph: ModelGraph) -> str:
 
 @dataclass
 class ResourceScalable:
-    """The thesis method, solved exactly (rsnet.solver states the rule)."""
+    """The thesis method, solved exactly (rsnet.plan.solver states the rule)."""
 
     grid_start: float = 1.0
     grid_stop: float = 8.0

@@ -1,9 +1,9 @@
 """NetAdapt (Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation for Mobile
 Applications", ECCV 2018): iterative, resource-driven filter pruning.
 
-Algorithm 1 of the paper, on rsnet's width groups (:mod:`rsnet.prune.widthgroups`):
+Algorithm 1 of the paper, on rsnet's width groups (:mod:`rsnet.compress.group_widths`):
 
-1. ``Res_0``: the resource (latency in ms from :mod:`rsnet.prune.latency`, or MACs / params
+1. ``Res_0``: the resource (latency in ms from :mod:`rsnet.deploy.latency_table`, or MACs / params
    from the graph's exact cost) of the starting model; the target ``T``.
 2. Step i: the reduction ``dR_i = init_reduction * decay ** (i - 1)`` (denru01/netadapt's
    schedule), the step's target ``max(Res_{i-1} - dR_i, T)``.
@@ -12,7 +12,7 @@ Algorithm 1 of the paper, on rsnet's width groups (:mod:`rsnet.prune.widthgroups
    constraint, comes first) makes no proposal. When no group can, the step's reduction is
    halved until one can (logged).
 4. Each proposal prunes the current model to that width (``prune``: the importance
-   criterion, L1 by default, via :func:`rsnet.prune.prune_to_widths`), is fine-tuned
+   criterion, L1 by default, via :func:`rsnet.compress.prune_to_widths`), is fine-tuned
    short-term (``finetune``) and scored on held-out data (``evaluate``); the highest score
    wins (ties: the smaller resource, then the lower group id) and is the next step's model.
 5. Repeat until ``Res_i <= T``; long-term fine-tuning is the pipeline's training stage.
@@ -35,9 +35,9 @@ from torch import nn
 
 from rsnet.errors import RsnetError
 from rsnet.graph import ModelGraph
-from rsnet.prune.io import load_pruned, save_pruned
-from rsnet.prune.widthgroups import floor_width, width_step
-from rsnet.utils import atomic_write_json
+from rsnet.compress.checkpoint import load_pruned, save_pruned
+from rsnet.compress.group_widths import floor_width, width_step
+from rsnet.fileio import atomic_write_json
 
 __all__ = ["Schedule", "Proposal", "propose", "NetAdaptLog", "netadapt"]
 

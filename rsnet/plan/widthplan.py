@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rsnet.errors import RsnetError
 from rsnet.metrics import count_macs, count_params
-from rsnet.utils import atomic_write_json
+from rsnet.fileio import atomic_write_json
 
 
 @dataclass
@@ -38,7 +38,7 @@ class WidthPlan:
     macro: list[MacroWidth]
     predicted: dict  # {"params": int, "macs": int} of the model built at this plan
     baseline: dict  # {"params", "macs"} of the C-way baseline
-    budget: dict | None = None  # rsnet.budget.Budget.as_dict()
+    budget: dict | None = None  # rsnet.plan.budget.Budget.as_dict()
     units: list[list[int]] = field(default_factory=list)  # macro indices sharing one factor
     solve_time_s: float = 0.0  # graph analysis + solving, seconds
 

@@ -32,7 +32,7 @@ Criteria (``compression.criterion``):
 - ``random``: uniform scores from a generator seeded by (seed, root layer name).
 
 Feature maps (hrank, apoz, mean_activation, fisher) are the activation outputs found by
-:mod:`rsnet.prune.activations` (after BN + activation, a ResNet stream after its residual
+:mod:`rsnet.compress.activations` (after BN + activation, a ResNet stream after its residual
 add and ReLU). Where no activation follows a layer, the end of its BN chain is used, with a
 ReLU applied for hrank / apoz / mean_activation and as is for fisher (whose a must be the
 tensor the gradient flows through). Statistics are gathered in eval mode (running BN
@@ -54,8 +54,8 @@ from torch_pruning.dependency import Dependency, Group
 from torch_pruning.pruner import function as tpf
 
 from rsnet.errors import RsnetError
-from rsnet.prune.activations import TapInterpreter, find_taps
-from rsnet.prune.groups import GroupPlan, Member, preserve_state
+from rsnet.compress.activations import TapInterpreter, find_taps
+from rsnet.compress.dependency import GroupPlan, Member, preserve_state
 
 __all__ = ["CRITERIA", "DATA_DRIVEN", "check_criterion", "score_groups", "aggregate"]
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from rsnet.errors import RsnetError
-from rsnet.prune.core import EXAMPLE_SHAPE_ATTR, current_widths, prune_to_widths
-from rsnet.utils import atomic_torch_save
+from rsnet.compress.structured import EXAMPLE_SHAPE_ATTR, current_widths, prune_to_widths
+from rsnet.fileio import atomic_torch_save
 
 __all__ = ["save_pruned", "load_pruned"]
 
