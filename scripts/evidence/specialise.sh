@@ -12,6 +12,8 @@
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
 # Every run resumes from its run directory if killed; rerun the same command.
 #   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/evidence/specialise.sh
+# FAMILIES=mobilenet runs one family; EXTRA="train.threads=1" adds overrides that do not change
+# results (e.g. to share the cores with another job).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEEDS=${SEEDS:-0,1,2}
@@ -25,7 +27,7 @@ declare -A ARCH=([googlenet]=googlenet_rs [mobilenet]=mobilenet_v1)
 for f in $FAMILIES; do
     psi_var=PSI_$f
     psi=${!psi_var:-${ARCH[$f]}_tiny200.pt}
-    sweep="python scripts/run.py -m experiment=${f}_rs model.checkpoint=$psi seed=$SEEDS progress=false"
+    sweep="python scripts/run.py -m experiment=${f}_rs model.checkpoint=$psi seed=$SEEDS progress=false ${EXTRA:-}"
     dir="hydra.sweep.dir=$RUNS/specialise_$f"
     $sweep "$dir" dataset.num_classes=$NS scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
     $sweep "$dir" dataset.num_classes=$NS compression=prune train=finetune train.epochs=$FT_EPOCHS \

@@ -2,7 +2,8 @@
 # The thesis's experiments at CPU scale (docs/results.md): for googlenet_rs and mobilenet_v1
 # on Tiny-ImageNet-200 at 64 px,
 #   1. the 200-class baseline Psi, trained from scratch (BASE_EPOCHS epochs), released in
-#      fp16 as checkpoints/<model>_tiny200.pt;
+#      fp16 as checkpoints/<model>_tiny200_e<BASE_EPOCHS>.pt (the strong baselines of
+#      scripts/evidence/baselines.sh are checkpoints/<model>_tiny200.pt);
 #   2. Psi' sized by rs and by uniform scaling to the same budget (lambda = 0.045), trained
 #      from scratch (EPOCHS epochs), with Psi evaluated on each subset, N = 5, 10, 15, 20;
 #   3. Psi' (rs) carved out of Psi by L1 pruning and fine-tuned (FT_EPOCHS epochs);
@@ -23,7 +24,7 @@ for m in $MODELS; do
     cmd+=" hydra.run.dir=outputs/runs/${m}_tiny_baseline/epochs$BASE_EPOCHS"
     $cmd
     python scripts/release_checkpoint.py outputs/runs/${m}_tiny_baseline/epochs$BASE_EPOCHS \
-        ${ARCH[$m]}_tiny200.pt --command "$cmd"
+        ${ARCH[$m]}_tiny200_e$BASE_EPOCHS.pt --command "$cmd"
 done
 for m in $MODELS; do
     base=outputs/runs/${m}_tiny_baseline/epochs$BASE_EPOCHS/checkpoints/model.pt
