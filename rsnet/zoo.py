@@ -28,9 +28,10 @@ from torch import nn
 
 from rsnet.plan.budget import make_budget
 from rsnet.errors import RsnetError
-from rsnet.graph import analyze
+from rsnet.graph import ModelGraph, analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import available_models, torchvision_model
+from rsnet.plan import WidthPlan
 from rsnet.compress import current_widths, prune_to_widths
 from rsnet.compress.dependency import train_only_layers
 from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
@@ -81,6 +82,13 @@ def torchvision_case(case: str) -> tuple[Callable[[], nn.Module], int]:
     return lambda: torchvision_model(name, num_classes=CLASSES, **kwargs), size
 
 
+def plan_params_ratio(graph: ModelGraph, ratio: float = RATIO, classes: int = CLASSES) -> WidthPlan:
+    """The rs plan (default settings) for ``ratio`` of the analysed model's parameters."""
+    base = dict(zip(("params", "macs"), graph.cost()))
+    budget = make_budget("ratio", "params", base["params"], classes, classes, value=ratio)
+    return ResourceScalable().make(Scaler(graph, WidthRule()), budget, base)
+
+
 def carve_check(name: str, build: Callable[[], nn.Module], size: int) -> CarveResult:
     """Plan ``RATIO`` of the parameters of ``build()`` at ``size`` px and carve it (see module)."""
     res = CarveResult(name, size)
@@ -91,9 +99,7 @@ def carve_check(name: str, build: Callable[[], nn.Module], size: int) -> CarveRe
         t0 = time.perf_counter()
         graph = analyze(model, size, prunable=True)
         res.stage = "plan"
-        base = dict(zip(("params", "macs"), graph.cost()))
-        budget = make_budget("ratio", "params", base["params"], CLASSES, CLASSES, value=RATIO)
-        plan = ResourceScalable().make(Scaler(graph, WidthRule()), budget, base)
+        plan = plan_params_ratio(graph)
         res.plan_s = time.perf_counter() - t0
         res.stage = "carve"
         t0 = time.perf_counter()

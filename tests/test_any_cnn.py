@@ -12,14 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from rsnet.plan.budget import make_budget
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import torchvision_model
 from rsnet.compress import current_widths, prune_to_widths
-from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
-from rsnet.zoo import carve_check, torchvision_case, torchvision_cases
+from rsnet.zoo import carve_check, plan_params_ratio, torchvision_case, torchvision_cases
 from test_prune import trained_looking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,10 +64,8 @@ class ConvHeadToy(nn.Module):
 def plan_half_params(model: nn.Module, size: int):
     """The rs plan for half the model's parameters, as stage_plan makes it for pruning."""
     graph = analyze(model, size, prunable=True)
-    base = dict(zip(("params", "macs"), graph.cost()))
-    budget = make_budget("ratio", "params", base["params"], CLASSES, CLASSES, value=0.5)
-    plan = ResourceScalable().make(Scaler(graph, WidthRule()), budget, base)
-    assert plan.predicted["params"] <= budget.value
+    plan = plan_params_ratio(graph, 0.5, CLASSES)
+    assert plan.predicted["params"] <= 0.5 * graph.cost()[0]
     assert any(m.width < m.base_width for m in plan.micro)
     return plan
 
