@@ -165,7 +165,10 @@ class MorphNetConfig:
 @dataclass
 class CompressionConfig:
     name: str = "none"  # none | prune (carve the plan out of the trained baseline) | magnitude | netadapt | morphnet
-    criterion: str = "l1"  # filter importance for prune: l1 l2 bn_scale taylor hrank apoz mean_activation fisher random
+    method: Any = None  # {_target_: a rsnet.stages.compress.Compression}, set by each conf/compression file
+    # filter importance (prune, netadapt, morphnet): a _target_ block from the group
+    # conf/compression/criterion/ (compression/criterion=hrank); None where unused
+    criterion: Any = None
     init: str = "inherit"  # inherit the surviving filters' weights, or "scratch": re-initialise them
     steps: int = 1  # reach the plan in this many pruning steps ...
     step_epochs: int = 1  # ... with this many fine-tuning epochs between them
@@ -186,6 +189,7 @@ class LatencyConfig:
 @dataclass
 class ExportConfig:
     name: str = "none"  # none | onnx (fp32) | int8 (fp32 + static int8); see conf/export/
+    exporter: Any = None  # {_target_: a rsnet.stages.export.Exporter}; None: no export
     opset: int = 18
     dynamic_batch: bool = True
     compact: bool = True  # short internal tensor names in the ONNX files (smaller; see docs/deployment.md)

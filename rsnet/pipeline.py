@@ -27,7 +27,7 @@ from rsnet.config import NON_RESULT_KEYS, STAGES
 from rsnet.deploy import CALIB_METHODS
 from rsnet.errors import RsnetError
 from rsnet.stages import PIPELINE, Context
-from rsnet.stages.search import SEARCH_METHODS, check_search_settings
+from rsnet.stages.compress import method as compression_method
 from rsnet.train import check_select_on, resolve_runtime
 from rsnet.fileio import atomic_write_json, atomic_write_text
 from rsnet.validate import validate
@@ -100,20 +100,12 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 
 def check_settings(cfg: DictConfig) -> None:
     """Combinations that cannot work, reported before any expensive stage runs."""
-    if cfg.compression.name not in ("none", "prune", "magnitude", *SEARCH_METHODS):
-        raise RsnetError(f"compression.name={cfg.compression.name!r}: use none, prune, magnitude, "
-                         f"netadapt or morphnet")
-    check_search_settings(cfg)
+    compression_method(cfg).check(cfg)
     check_select_on(cfg.train.select_on)
-    if cfg.compression.name == "prune" and cfg.scaling.name == "none":
-        raise RsnetError("compression=prune realises a width plan: set scaling=rs (or uniform, "
-                         "factors, plan)")
-    if cfg.export.name not in ("none", "onnx", "int8"):
-        raise RsnetError(f"export.name={cfg.export.name!r}: use export=none, export=onnx or export=int8")
     if cfg.export.int8 and cfg.export.calib_method not in CALIB_METHODS:
         raise RsnetError(f"export.calib_method={cfg.export.calib_method!r}: use one of "
                          f"{', '.join(CALIB_METHODS)}")
-    if cfg.export.name != "none" and not cfg.export.latency.batch_sizes:
+    if cfg.export.exporter is not None and not cfg.export.latency.batch_sizes:
         raise RsnetError("export.latency.batch_sizes is empty: give at least one batch size, e.g. [1]")
     if cfg.train.distill.enabled and not cfg.model.checkpoint:
         raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from rsnet import distributed
@@ -233,22 +232,50 @@ class StepHook(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime, ckpt_dir: Path,
-        seed: int, on_epoch_end: Callable[[int, dict], None] | None = None,
+def fit(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler, loss: nn.Module, *, epochs: int,
+        loader: BatchLoader, rt: Runtime, ckpt_dir: Path, seed: int, aux_weight: float = 0.0,
+        select_on: str = "val/acc", eval_batch_size: int = 500,
+        on_epoch_end: Callable[[int, dict], None] | None = None,
         distill: DistillationLoss | None = None, hooks: Sequence[StepHook] = ()) -> list[dict]:
-    """Train ``model`` on data.train for cfg.epochs, select on data.val; returns the history.
+    """Train ``model`` for ``epochs`` on ``loader`` (data.train's batches, see
+    :func:`make_loader`) with the built ``optimizer`` (over the model's parameters),
+    ``scheduler`` (stepped every batch) and ``loss``; select the best epoch on data.val by
+    ``select_on``; returns the history. An auxiliary head's loss weighs ``aux_weight``.
 
     The model must already be on ``rt.device`` (see ``Runtime.prepare``). ``distill``
     replaces the main head's loss by Hinton's loss against a teacher; ``hooks`` run after
-    every optimizer step and are checkpointed with the run. In a data-parallel run every rank
-    calls ``fit`` with the same arguments; only rank 0 reads or writes ``ckpt_dir``.
+    every optimizer step and are checkpointed with the run. Killed, the same call resumes
+    from ``ckpt_dir``. In a data-parallel run every rank calls ``fit`` with the same
+    arguments; only rank 0 reads or writes ``ckpt_dir``.
     """
+    check_select_on(select_on)
     restore_bn = distributed.convert_sync_batchnorm(model) if rt.sync_bn and rt.dist.enabled else None
+    run = _Fit(loss, optimizer, scheduler, loader, epochs, aux_weight, select_on, eval_batch_size,
+               seed, rt, ckpt_dir, distill, tuple(hooks))
     try:
-        return _train_epochs(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end, distill, hooks)
+        return _train_epochs(model, data, run, on_epoch_end)
     finally:
         if restore_bn is not None:
             restore_bn()
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """fit's arguments, as the epoch loop reads them."""
+    loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: BatchLoader
+    epochs: int
+    aux_weight: float
+    select_on: str
+    eval_batch_size: int
+    seed: int
+    rt: Runtime
+    ckpt_dir: Path
+    distill: DistillationLoss | None
+    hooks: tuple[StepHook, ...]
 
 
 def _load_on_main(path: Path, what: str, rt: Runtime):
@@ -258,11 +285,11 @@ def _load_on_main(path: Path, what: str, rt: Runtime):
     return distributed.on_main(load, rt.dist)
 
 
-def _train_epoch(net: nn.Module, model: nn.Module, loader, criterion, optimizer, scheduler, scaler,
-                 hooks: Sequence[StepHook], distill: DistillationLoss | None, rt: Runtime,
-                 cfg: TrainConfig, epoch: int, seed: int) -> tuple[int, float, int, float]:
+def _train_epoch(net: nn.Module, model: nn.Module, run: _Fit, scaler, epoch: int
+                 ) -> tuple[int, float, int, float]:
     """One epoch of optimizer steps; returns (images seen, summed loss, correct, seconds)."""
-    torch.manual_seed(seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
+    rt, loader, distill, optimizer = run.rt, run.loader, run.distill, run.optimizer
+    torch.manual_seed(run.seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
     loader.set_epoch(epoch)
     model.train()
     t0, seen = time.perf_counter(), 0
@@ -274,13 +301,13 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, criterion, optimizer,
         with rt.autocast():
             output = net(x)
             kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
-            loss = _loss(criterion, output, y, cfg.aux_weight, kd)
+            loss = _loss(run.loss, output, y, run.aux_weight, kd)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
-        for hook in hooks:
+        run.scheduler.step()
+        for hook in run.hooks:
             hook.step(epoch * len(loader) + step)
         seen += len(y)
         loss_sum += loss.detach().float() * len(y)
@@ -293,22 +320,17 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, criterion, optimizer,
     return seen, loss_sum, correct, train_time
 
 
-def _train_epochs(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runtime,
-                  ckpt_dir: Path, seed: int, on_epoch_end: Callable[[int, dict], None] | None,
-                  distill: DistillationLoss | None, hooks: Sequence[StepHook]) -> list[dict]:
+def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
+                  on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
+    rt, optimizer, scheduler, hooks = run.rt, run.optimizer, run.scheduler, run.hooks
     main = rt.dist.is_main
     if main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    criterion = instantiate(cfg.loss)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    loader = make_loader(data.train, data, cfg.batch_size, rt, train=True, seed=seed)
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=cfg.epochs * len(loader),
-                                           steps_per_epoch=len(loader))
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.autocast_dtype == torch.float16)
     history: list[dict] = []
     best = {"epoch": -1, "score": -math.inf}
     start = 0
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    last_path, best_path = run.ckpt_dir / "last.pt", run.ckpt_dir / "best.pt"
     state = _load_on_main(last_path, "train checkpoint", rt)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -323,23 +345,21 @@ def _train_epochs(model: nn.Module, data: DataBundle, cfg: TrainConfig, rt: Runt
         del state
     net = distributed.wrap_ddp(model, rt.device) if rt.dist.enabled else model
 
-    for epoch in bar(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs):
-        seen, loss_sum, correct, train_time = _train_epoch(
-            net, model, loader, criterion, optimizer, scheduler, scaler, hooks, distill, rt, cfg,
-            epoch, seed)
+    for epoch in bar(range(start, run.epochs), desc="epochs", initial=start, total=run.epochs):
+        seen, loss_sum, correct, train_time = _train_epoch(net, model, run, scaler, epoch)
         if rt.dist.enabled:  # the whole job's epoch, and one model on every rank
             seen, loss_sum, correct = distributed.all_reduce_sum([seen, loss_sum, correct], rt.device)
             distributed.average_buffers(model)
-        logits = predict_sharded(model, data.val, data, rt, cfg.eval_batch_size, "val")
+        logits = predict_sharded(model, data.val, data, rt, run.eval_batch_size, "val")
         val = split_metrics(logits, data.val, data.misc_label)
         row = {"epoch": epoch + 1, "train/loss": loss_sum / seen, "train/acc": correct / seen,
                "train/images_per_s": seen / train_time, "train/epoch_s": train_time,
                "lr": optimizer.param_groups[0]["lr"], **{f"val/{k}": v for k, v in val.items()}}
         history.append(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f img/s", epoch + 1,
-                 cfg.epochs, row["train/loss"], row["train/acc"], row["val/acc"],
+                 run.epochs, row["train/loss"], row["train/acc"], row["val/acc"],
                  row["train/images_per_s"])
-        score = selection_score(row, cfg.select_on)  # higher = better, a loss negated
+        score = selection_score(row, run.select_on)  # higher = better, a loss negated
         if score > best["score"]:  # the same decision on every rank: same logits
             best = {"epoch": epoch + 1, "score": score}
             if main:

@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from rsnet.plan.budget import RULES, UNITS
 from rsnet.errors import RsnetError
 from rsnet.openset import SCORES
-from rsnet.compress.criteria import CRITERIA
 
 # (setting, lowest allowed value, highest or None, whether it must be an integer); a lowest
 # value given as POSITIVE means "greater than 0"
@@ -39,7 +38,7 @@ RANGES = [
     ("export.latency.threads", 1, None, True), ("openset.tpr", POSITIVE, 1, False),
 ]
 CHOICES = [("scaling.budget.rule", RULES), ("scaling.budget.unit", UNITS),
-           ("compression.criterion", tuple(CRITERIA)), ("openset.score", SCORES),
+           ("openset.score", SCORES),
            ("dataset.misc_test", ("sampled", "all"))]
 # a required value the user must give, and an example of it
 REQUIRED_HINTS = {"dataset.source.path": "dataset.source.path=/path/to/images",
@@ -82,7 +81,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and value not in allowed:
             raise RsnetError(f"{name}={value!r}: use one of {', '.join(map(str, allowed))}")
     budget = cfg.scaling.budget
-    if cfg.scaling.name != "none" and budget.rule in ("ratio", "absolute"):
+    if cfg.scaling.policy is not None and budget.rule in ("ratio", "absolute"):
         if budget.value is None:
             raise RsnetError(f"scaling.budget.rule={budget.rule} needs scaling.budget.value")
         high = 1 if budget.rule == "ratio" else None

@@ -32,7 +32,7 @@ from rsnet.graph import ModelGraph, analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import available_models, torchvision_model
 from rsnet.plan import WidthPlan
-from rsnet.compress import current_widths, prune_to_widths
+from rsnet.compress import Magnitude, current_widths, prune_to_widths
 from rsnet.compress.dependency import train_only_layers
 from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
 
@@ -104,7 +104,7 @@ def carve_check(name: str, build: Callable[[], nn.Module], size: int) -> CarveRe
         res.stage = "carve"
         t0 = time.perf_counter()
         x = torch.zeros(1, 3, size, size)
-        prune_to_widths(model, plan.widths(), x, "l1")
+        prune_to_widths(model, plan.widths(), x, Magnitude())
         res.carve_s = time.perf_counter() - t0
         res.carved_params = count_params(model)
         got = (res.carved_params, count_macs(model, size))

@@ -236,7 +236,7 @@ def bench_deploy(args) -> dict:
     for spec in args.runs:
         experiment, *overrides = spec.split()
         cfg = compose_cfg(f"experiment={experiment}", "progress=false", *overrides)
-        if cfg.export.name != "int8":
+        if not cfg.export.int8:
             raise SystemExit(f"bench deploy: run {spec!r} has export={cfg.export.name}; add export=int8")
         run_dir = REPO / "outputs" / "bench" / "deploy" / "_".join(spec.split())
         m = run(cfg, run_dir)

@@ -84,6 +84,13 @@ def conf(cfg: dict, dotted: str):
     return v
 
 
+def criterion(cfg: dict) -> str | None:
+    """The run's filter-importance criterion: its name (compression/criterion=...), or the plain
+    string that runs made before the criteria became a config group have."""
+    c = conf(cfg, "compression.criterion")
+    return c.get("name") if isinstance(c, dict) else c
+
+
 def lookup(m: dict, cfg: dict, key: str):
     """A metrics.json value, or a config value for keys written "cfg:dotted.path"."""
     return conf(cfg, key[4:]) if key.startswith("cfg:") else m.get(key)
@@ -101,8 +108,8 @@ def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
     for d in dirs:
         label, m, cfg = load(d)
         if not m and kind == "prune":  # show what the missing run was meant to be
-            comp = cfg.get("compression", {}) or {}
-            m = {"prune/criterion": comp.get("criterion") if comp.get("name") == "prune" else "none"}
+            pruned = conf(cfg, "compression.name") == "prune"
+            m = {"prune/criterion": criterion(cfg) if pruned else "none"}
         out.append([label] + [fmt(lookup(m, cfg, key)) if key else "" for _, key in COLUMNS[kind]][1:])
         if kind == "prune" and "prune/criterion" not in m:
             out[-1][1] = "none (plan built from scratch)" if "plan/policy" in m else "none (unpruned)"
@@ -141,7 +148,7 @@ def network(cfg: dict) -> tuple[float, str]:
     else:
         rank = POLICY_ORDER.get(policy, 5) + (comp == "prune")
         name = ("Psi' (rs)" if policy == "rs" else policy) + (
-            f", carved ({conf(cfg, 'compression.criterion')}) + fine-tuned" if comp == "prune"
+            f", carved ({criterion(cfg)}) + fine-tuned" if comp == "prune"
             else ", from scratch")
     if comp == "magnitude":  # after the same network without it
         rank += 0.5

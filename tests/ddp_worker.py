@@ -59,7 +59,7 @@ def main() -> None:
     real_fit = train_stage.fit
     record: dict = {"states": [], "history": [], "writes": writes}
 
-    def recording_fit(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end=None, **kwargs):
+    def recording_fit(model, *args, on_epoch_end=None, **kwargs):
         record["states"].append(clone(model))
 
         def after_epoch(epoch: int, row: dict) -> None:
@@ -68,7 +68,7 @@ def main() -> None:
             if STOP_AFTER is not None and epoch == int(STOP_AFTER):
                 raise Stop(f"stopped after epoch {epoch}")
 
-        return real_fit(model, data, cfg, rt, ckpt_dir, seed, on_epoch_end=after_epoch, **kwargs)
+        return real_fit(model, *args, on_epoch_end=after_epoch, **kwargs)
 
     train_stage.fit = recording_fit
     sys.addaudithook(audit)

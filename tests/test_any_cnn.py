@@ -16,7 +16,7 @@ from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.torchvision_models import torchvision_model
-from rsnet.compress import current_widths, prune_to_widths
+from rsnet.compress import Magnitude, current_widths, prune_to_widths
 from rsnet.zoo import carve_check, plan_params_ratio, torchvision_case, torchvision_cases
 from test_prune import trained_looking
 
@@ -76,7 +76,7 @@ def carve_exactly(model: nn.Module, size: int) -> nn.Module:
     depthwise = {n for n, m in model.named_modules()
                  if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels}
     plan = plan_half_params(copy.deepcopy(model), size)
-    prune_to_widths(model, plan.widths(), torch.zeros(1, 3, size, size), "l1")
+    prune_to_widths(model, plan.widths(), torch.zeros(1, 3, size, size), Magnitude())
     assert current_widths(model) == plan.widths()
     assert (count_params(model), count_macs(model, size)) == \
         (plan.predicted["params"], plan.predicted["macs"])

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import REPO, TINY
 
+pytestmark = pytest.mark.integration
+
 REQUIRED_KEYS = {"model/params", "model/macs", "test/acc", "test/acc_local", "test/acc_global",
                  "test/acc_raw", "test/misc_share", "train/images_per_s", "latency/torch_fp32_b1_ms"}
 
@@ -130,7 +132,7 @@ def test_distillation_without_a_teacher_names_the_setting(tmp_path):
 
 def test_pruning_to_the_plan_realises_it_and_resumes(tmp_path):
     args = (*TINY, "dataset.num_classes=4", "scaling=rs", "compression=prune",
-            "compression.criterion=l1", "compression.steps=2", "train.epochs=1")
+            "compression/criterion=l1", "compression.steps=2", "train.epochs=1")
     res = run(tmp_path, *args)
     assert res.returncode == 0, res.stderr[-2000:]
     d = tmp_path / "run"

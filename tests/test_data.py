@@ -119,6 +119,7 @@ def test_loader_normalises_and_is_deterministic_per_epoch():
     assert sum(len(b) for b in first) == 30
 
 
+@pytest.mark.integration
 def test_cifar10_jpeg_loads_with_official_split_sizes(data_dir):
     cfg = synthetic_cfg(CIFAR, root=str(data_dir), val_fraction=0.1)
     data = build_data(cfg)

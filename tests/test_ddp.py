@@ -18,6 +18,8 @@ from rsnet.data.loader import BatchLoader, Split
 from rsnet.errors import RsnetError
 from rsnet.train import resolve_runtime
 
+pytestmark = pytest.mark.integration
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 

@@ -25,13 +25,13 @@ from rsnet.models import build_model
 from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.mobilenet_v1 import mobilenet_v1
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.compress import prune_to_widths
+from rsnet.compress import Magnitude, prune_to_widths
 from test_prune import TOYS, half, trained_looking
 
 RTOL = 1e-4  # fp32 ONNX Runtime vs PyTorch (BN folded: float reassociation), relative to max |logit|
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.integration]
 
 
 def parity(model: torch.nn.Module, path: Path, size: int, batch_sizes=(1, 5)) -> float:
@@ -68,7 +68,7 @@ def test_export_parity_of_a_pruned_resnet(tmp_path):
     """A pruned ResNet (index shortcuts for option-A after pruning) exports exactly."""
     model = trained_looking(resnet_cifar(20))
     graph = analyze(resnet_cifar(20), 32)
-    prune_to_widths(model, graph.layer_widths(half(graph)), torch.zeros(1, 3, 32, 32), "l1")
+    prune_to_widths(model, graph.layer_widths(half(graph)), torch.zeros(1, 3, 32, 32), Magnitude())
     assert parity(model.eval(), tmp_path / "pruned.onnx", 32) < RTOL
 
 

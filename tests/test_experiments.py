@@ -17,6 +17,8 @@ from PIL import Image
 from conftest import CONF, REPO, TINY, compose_cfg
 from test_cli import EXPORT, run
 
+pytestmark = pytest.mark.integration
+
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 THESIS = [f"{m}_{n}cls" for m in ("googlenet", "mobilenet") for n in (5, 10, 15, 20)]
 # TINY, one epoch, one thread (two threads crawl when another process keeps the cores busy)
@@ -53,13 +55,23 @@ def test_the_thesis_experiments_are_the_thesis_setting(name):
     assert cfg.dataset.unseen_fraction == 0.2  # misc detection judged on unseen classes too
     assert cfg.scaling.name == "rs" and cfg.scaling.budget.rule == "thesis"
     assert cfg.scaling.budget.lam == 0.045 and cfg.scaling.budget.unit == "params"
-    assert cfg.model.checkpoint is None and cfg.compression.name == "none"  # Psi' from scratch
-    assert cfg.train.optimizer.lr == 0.1 and cfg.export.int8
+    # the best recipe by default: Psi' carved out of the released Psi, fine-tuned with distillation
+    assert cfg.model.checkpoint == f"{cfg.model.name}_tiny200.pt"
+    assert (REPO / "checkpoints" / cfg.model.checkpoint).is_file()
+    assert cfg.compression.name == "prune" and cfg.train.distill.enabled and cfg.train.epochs == 10
+    assert cfg.export.int8
+    # the thesis's way, one override away: Psi' from scratch (Psi still evaluated beside it)
+    scratch = compose_cfg(f"experiment={name}", "recipe=scratch")
+    assert scratch.compression.name == "none" and scratch.scaling.name == "rs"
+    assert scratch.train.optimizer.lr == 0.1 and scratch.train.epochs == 30
+    assert not scratch.train.distill.enabled and scratch.model.checkpoint == cfg.model.checkpoint
+    # the ceiling: Psi fine-tuned at full width
+    ceiling = compose_cfg(f"experiment={name}", "recipe=finetune")
+    assert ceiling.scaling.name == "none" and ceiling.compression.name == "none"
     # the documented overrides
     assert compose_cfg(f"experiment={name}", "scaling.budget.lam=0.25").scaling.budget.lam == 0.25
-    carved = compose_cfg(f"experiment={name}", "model.checkpoint=psi.pt", "compression=prune")
-    assert carved.compression.name == "prune" and carved.scaling.name == "rs"
-    assert compose_cfg(f"experiment={name}", "scaling=uniform").scaling.budget.lam == 0.045
+    uniform = compose_cfg(f"experiment={name}", "scaling=uniform")
+    assert uniform.scaling.budget.lam == 0.045 and uniform.compression.name == "prune"
 
 
 @pytest.mark.parametrize("name, size", [("googlenet_imagenet", 227), ("mobilenet_imagenet", 224)])

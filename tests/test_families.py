@@ -30,7 +30,7 @@ from rsnet.models.mobilenet_v2 import mobilenet_v2
 from rsnet.models.shufflenet_v2 import channel_shuffle, shufflenet_v2
 from rsnet.models.widths import build_at_widths, out_widths
 from rsnet.models.wrn import wide_resnet
-from rsnet.compress import current_widths, prune_to_widths
+from rsnet.compress import Magnitude, current_widths, prune_to_widths
 from rsnet.plan.policies import ResourceScalable, Scaler, WidthRule
 from test_prune import trained_looking
 
@@ -108,6 +108,7 @@ def onnx_diff(model: nn.Module, path) -> float:
 
 # -- the pipeline's pieces, per family --------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_plan_prune_exact_sound_and_onnx(name, tmp_path):
     model = trained_looking(tiny(name))
@@ -117,7 +118,7 @@ def test_plan_prune_exact_sound_and_onnx(name, tmp_path):
     assert any(m.width < m.base_width for m in plan.micro)
 
     # the whole plan, as the pipeline passes it (fixed places included)
-    prune_to_widths(model, plan.widths(), torch.zeros(1, 3, SIZE, SIZE), "l1")
+    prune_to_widths(model, plan.widths(), torch.zeros(1, 3, SIZE, SIZE), Magnitude())
     assert current_widths(model) == plan.widths()  # every conv / linear, exactly
     assert (count_params(model), count_macs(model, SIZE)) == \
         (plan.predicted["params"], plan.predicted["macs"])

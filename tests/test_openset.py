@@ -174,6 +174,7 @@ def test_the_threshold_round_trips_through_onnx_and_changes_the_answer(tmp_path,
     assert capsys.readouterr().out.split("\t")[1].startswith("a ")
 
 
+@pytest.mark.integration
 def test_a_run_reports_psi_as_n_way_and_ships_its_threshold(tmp_path):
     """Psi (a C-way checkpoint) mapped to N outputs and Psi' are judged alike; the threshold
     calibrated for Psi' is the one its ONNX file carries."""

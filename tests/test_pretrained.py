@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -9,6 +10,8 @@ from conftest import compose_cfg
 from rsnet.data import build_data
 from rsnet.models import build_model
 from rsnet.train import predict, resolve_runtime
+
+pytestmark = pytest.mark.integration
 
 PUBLISHED_JPEG_ACC = 0.8103  # ../shared/models/README.md: ResNet-20 on all 10,000 JPEG test images
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,13 +25,17 @@ from rsnet.models.googlenet_rs import googlenet_rs
 from rsnet.models.layers import conv_bn_act, init_weights
 from rsnet.models.mobilenet_v1 import mobilenet_v1
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.compress import (CRITERIA, DATA_DRIVEN, IndexShortcut, convert_pad_shortcuts,
+from rsnet.compress import (IndexShortcut, convert_pad_shortcuts,
                          current_widths, index_shortcut_pruner, prune_to_widths, reinitialize,
                          save_pruned, width_schedule)
 from rsnet.compress.criteria import aggregate
 from rsnet.compress.dependency import build_graph
 
 REPO = Path(__file__).resolve().parents[1]
+# every criterion of the config group conf/compression/criterion/, built as a run builds it
+CRITERIA = {p.stem: instantiate(OmegaConf.load(p))
+            for p in sorted((REPO / "conf" / "compression" / "criterion").glob("*.yaml"))}
+DATA_DRIVEN = {name for name, c in CRITERIA.items() if c.data_driven}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,8 +154,8 @@ def test_exact_widths_every_criterion_on_toys(toy, criterion):
     graph = analyze(model, 16)
     widths = half(graph)
     calib = make_calib() if criterion in DATA_DRIVEN else None
-    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 16, 16), criterion,
-                    calib=calib)
+    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 16, 16),
+                    CRITERIA[criterion], calib=calib)
     assert_pruned(model, graph, widths, 16, (2, 5))
 
 
@@ -160,7 +166,7 @@ def test_random_valid_widths_on_toys(toy):
         model = trained_looking(TOYS[toy]())
         graph = analyze(model, 16)
         widths = {g.id: rng.randint(1, g.base_width) for g in graph.groups}
-        prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 16, 16), "l2")
+        prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 16, 16), CRITERIA["l2"])
         assert_pruned(model, graph, widths, 16, (2, 5))
 
 
@@ -251,7 +257,8 @@ def test_criteria_keep_the_highest_reference_scores(criterion):
     model = single_toy()
     expected_scores = reference_scores(single_toy(), criterion, calib)
     before = model.conv.weight.detach().clone()
-    prune_to_widths(model.eval(), {"conv": 3}, torch.zeros(1, 3, 8, 8), criterion, calib=calib)
+    prune_to_widths(model.eval(), {"conv": 3}, torch.zeros(1, 3, 8, 8), CRITERIA[criterion],
+                    calib=calib)
     # The 3 lowest go (stable order: the lower index goes first on a tie).
     expected = sorted(torch.argsort(expected_scores.double(), stable=True)[3:].tolist())
     assert kept_filters(before, model.conv.weight.detach()) == expected
@@ -263,7 +270,8 @@ def test_criteria_differ_on_a_trained_looking_model():
     for criterion in CRITERIA:
         model = single_toy()
         before = model.conv.weight.detach().clone()
-        prune_to_widths(model, {"conv": 3}, torch.zeros(1, 3, 8, 8), criterion, calib=calib)
+        prune_to_widths(model, {"conv": 3}, torch.zeros(1, 3, 8, 8), CRITERIA[criterion],
+                        calib=calib)
         kept[criterion] = tuple(kept_filters(before, model.conv.weight.detach()))
     assert 0 in kept["l1"] and 1 not in kept["l1"]  # many small weights beat one large
     assert 1 in kept["l2"] and 0 not in kept["l2"]
@@ -281,7 +289,7 @@ def test_group_score_is_the_sum_of_mean_normalised_member_scores():
     tags = model.bn_b.running_mean.detach().clone()  # channel identity, read back below
     graph = analyze(model, 16)
     widths = graph.layer_widths({graph.group_of("stem.conv"): 5})
-    prune_to_widths(model, widths, torch.zeros(1, 3, 16, 16), "l1")
+    prune_to_widths(model, widths, torch.zeros(1, 3, 16, 16), CRITERIA["l1"])
     kept = [int((tags == v).nonzero()) for v in model.bn_b.running_mean]
     assert kept == expected
     agg = aggregate([(stem, list(range(8))), (conv_b, list(range(8)))], 8)
@@ -293,7 +301,7 @@ def test_random_is_seeded():
         model = trained_looking(InceptionToy())
         graph = analyze(model, 16)
         prune_to_widths(model, graph.layer_widths(half(graph)), torch.zeros(1, 3, 16, 16),
-                        "random", seed=seed)
+                        CRITERIA["random"], seed=seed)
         return [p.detach().clone() for p in model.parameters()]
     a, b, c = kept(0), kept(0), kept(1)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -304,13 +312,18 @@ def test_random_is_seeded():
 def test_data_driven_criteria_need_calibration_images(criterion):
     model = ResidualToy()
     with pytest.raises(RsnetError, match="compression.calib_images"):
-        prune_to_widths(model, {"conv_a.conv": 3}, torch.zeros(1, 3, 16, 16), criterion)
+        prune_to_widths(model, {"conv_a.conv": 3}, torch.zeros(1, 3, 16, 16), CRITERIA[criterion])
+
+
+def test_every_criterion_file_names_its_criterion():
+    """conf/compression/criterion/<name>.yaml builds the criterion reported as <name>."""
+    assert len(CRITERIA) == 9
+    assert all(c.name == name for name, c in CRITERIA.items())
+    assert DATA_DRIVEN == {"taylor", "hrank", "apoz", "mean_activation", "fisher"}
 
 
 def test_bad_settings_are_rsnet_errors():
     x = torch.zeros(1, 3, 16, 16)
-    with pytest.raises(RsnetError, match="compression.criterion"):
-        prune_to_widths(ResidualToy(), {}, x, "l3")
     with pytest.raises(RsnetError, match="coupled layers must have equal widths"):
         prune_to_widths(ResidualToy(), {"stem.conv": 4, "conv_b": 6}, x)
     with pytest.raises(RsnetError, match="only"):
@@ -327,8 +340,8 @@ def test_bn_scale_needs_a_bn_scale():
     model = nn.Sequential(conv_bn_act(3, 6, 3, norm="shift"), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(6, 2))
     with pytest.raises(RsnetError, match="no scale"):
-        prune_to_widths(model, {"0.conv": 3}, torch.zeros(1, 3, 8, 8), "bn_scale")
-    prune_to_widths(model, {"0.conv": 3}, torch.zeros(1, 3, 8, 8), "l1")  # other criteria work
+        prune_to_widths(model, {"0.conv": 3}, torch.zeros(1, 3, 8, 8), CRITERIA["bn_scale"])
+    prune_to_widths(model, {"0.conv": 3}, torch.zeros(1, 3, 8, 8), CRITERIA["l1"])  # other criteria work
     assert model[0].bn.bias.shape == (3,)
 
 
@@ -376,7 +389,7 @@ def test_resnet20_exact_widths_and_cost_incl_stage_widths():
                              for _ in range(2)]
     for widths in plans:
         model = trained_looking(resnet_cifar(20))
-        prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), "l1")
+        prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), CRITERIA["l1"])
         assert_pruned(model, graph, widths, 32, (2, 10))
         for stage in (2, 3):  # stage widths really changed, through the index shortcut
             sc = model.get_submodule(f"layer{stage}.0.shortcut")
@@ -391,7 +404,7 @@ def test_resnet20_zero_pruning_is_identity_with_real_weights(models_dir):
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(x)
-    prune_to_widths(model, current_widths(model), torch.zeros(1, 3, 32, 32), "l1")
+    prune_to_widths(model, current_widths(model), torch.zeros(1, 3, 32, 32), CRITERIA["l1"])
     shortcuts = [m for m in model.modules() if isinstance(m, IndexShortcut)]
     assert len(shortcuts) == 2
     with torch.no_grad():
@@ -408,7 +421,7 @@ def test_mobilenet_v1_half_widths():
     graph = analyze(base, 32)
     widths = half(graph)
     model = trained_looking(mobilenet_v1(10, input_size=32))
-    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), "l1")
+    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), CRITERIA["l1"])
     assert_pruned(model, graph, widths, 32, (2, 10))
     dw = model.features[3].dw
     assert dw.groups == dw.in_channels == dw.out_channels == widths[graph.group_of("features.2.pw")]
@@ -421,7 +434,8 @@ def test_googlenet_rs_half_widths(bn_scale):
     widths = half(graph)
     model = trained_looking(googlenet_rs(10, input_size=32, bn_scale=bn_scale))
     calib = make_calib(1, 2, 32, 10)
-    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), "mean_activation",
+    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32),
+                    CRITERIA["mean_activation"],
                     calib=calib)
     assert_pruned(model, graph, widths, 32, (2, 10))
 
@@ -440,7 +454,7 @@ def test_googlenet_aux_head_follows_inception4b():
             bn.running_mean.copy_(torch.arange(bn.num_features) + 1000.0 * i)
             tags[b] = bn.running_mean.clone()
     aux_before = model.aux.conv.weight.detach().clone()
-    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), "l1")
+    prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), CRITERIA["l1"])
 
     positions, offset = [], 0
     for b in branches:
@@ -490,7 +504,7 @@ def test_iterative_pruning_reaches_the_target():
     model = trained_looking(resnet_cifar(8, 10, (4, 8, 16)))
     calib = make_calib(1, 4, 16, 10)
     for step in width_schedule(current_widths(model), target, 3):
-        prune_to_widths(model, step, torch.zeros(1, 3, 16, 16), "taylor", calib=calib)
+        prune_to_widths(model, step, torch.zeros(1, 3, 16, 16), CRITERIA["taylor"], calib=calib)
         assert {n: current_widths(model)[n] for n in step} == step
     assert_pruned(model, graph, widths, 16, (2, 10))
 
@@ -499,7 +513,7 @@ def test_reinitialize_is_seeded_and_complete():
     model = trained_looking(resnet_cifar(8, 10, (4, 8, 16)))
     graph = analyze(model, 16)
     prune_to_widths(model, graph.layer_widths({g.id: 3 for g in graph.groups}),
-                    torch.zeros(1, 3, 16, 16), "l1")
+                    torch.zeros(1, 3, 16, 16), CRITERIA["l1"])
     maps = [m.source.clone() for m in model.modules() if isinstance(m, IndexShortcut)]
     before = [p.detach().clone() for p in model.parameters()]
     state = torch.random.get_rng_state()
@@ -522,7 +536,7 @@ def test_save_load_in_a_fresh_process(tmp_path):
     graph = analyze(resnet_cifar(8, 10, (4, 8, 16)), 16)
     widths = graph.layer_widths({g.id: rng.randint(1, g.base_width) for g in graph.groups})
     model = trained_looking(resnet_cifar(8, 10, (4, 8, 16)))
-    prune_to_widths(model, widths, torch.zeros(1, 3, 16, 16), "fisher",
+    prune_to_widths(model, widths, torch.zeros(1, 3, 16, 16), CRITERIA["fisher"],
                     calib=make_calib(1, 4, 16, 10))
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
@@ -568,8 +582,8 @@ def test_resnet56_half_widths_every_criterion_timing(capsys):
     for criterion in CRITERIA:
         model = trained_looking(resnet_cifar(56))
         start = time.perf_counter()
-        prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32), criterion,
-                        calib=calib if criterion in DATA_DRIVEN else None)
+        prune_to_widths(model, graph.layer_widths(widths), torch.zeros(1, 3, 32, 32),
+                        CRITERIA[criterion], calib=calib if criterion in DATA_DRIVEN else None)
         times[criterion] = time.perf_counter() - start
         assert_pruned(model, graph, widths, 32, (2, 10))
     with capsys.disabled():

@@ -28,6 +28,7 @@ def test_a_loss_selects_its_lowest_epoch_and_an_accuracy_its_highest():
         check_select_on("val/bogus")
 
 
+@pytest.mark.integration
 def test_training_keeps_the_lowest_validation_loss_epoch(tmp_path):
     import json
     res = run(tmp_path, *TINY, "train.epochs=3", "train.select_on=val/loss", "train.threads=1")
@@ -39,6 +40,7 @@ def test_training_keeps_the_lowest_validation_loss_epoch(tmp_path):
     assert metrics["val/best_epoch"] == best["epoch"] and metrics["val/loss"] == best["val/loss"]
 
 
+@pytest.mark.integration
 def test_a_bad_selection_metric_stops_before_training(tmp_path):
     res = run(tmp_path, *TINY, "train.select_on=val/bogus")
     assert res.returncode == 2 and "train.select_on" in res.stderr and "Traceback" not in res.stderr
@@ -69,7 +71,7 @@ FUZZ = {
                  "scaling=rs scaling.budget.rule=ratio scaling.budget.value=1.5",
                  "scaling=rs scaling.budget.unit=flops", "scaling=rs scaling.budget.lam=-1"]),
     "compression": (["compression=prune scaling=rs"],
-                    ["compression=prune scaling=rs compression.criterion=bogus", "compression=prune"]),
+                    ["compression=prune scaling=rs compression/criterion=bogus", "compression=prune"]),
     "model.checkpoint": (["null"], ["missing.th"]),
 }
 RESULTS = ("metrics.json", "summary.md", "test_metrics.json", "checkpoints/model.pt")
@@ -86,6 +88,7 @@ def fuzz_case(seed: int) -> list[str]:
     return overrides
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("seed", range(24))
 def test_fuzzed_settings_run_completely_or_stop_with_one_clear_message(seed, tmp_path):
@@ -115,6 +118,7 @@ def test_fuzzed_settings_run_completely_or_stop_with_one_clear_message(seed, tmp
 
 # ------------------------------------------------------------------ one test per defect
 
+@pytest.mark.integration
 def test_a_run_directory_is_locked_while_a_run_writes_into_it(tmp_path):
     import subprocess
     import sys
@@ -138,6 +142,7 @@ def test_a_run_directory_is_locked_while_a_run_writes_into_it(tmp_path):
     lock_run_dir(run_dir)  # free again once the holder is gone (however it ended)
 
 
+@pytest.mark.integration
 def test_an_unwritable_run_directory_or_cache_is_one_message(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

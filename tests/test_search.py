@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.errors import MissingConfigException
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +41,8 @@ def best_of(proposals: list[dict]) -> dict:
 
 # -- NetAdapt ---------------------------------------------------------------------------------
 
-def test_netadapt_cuts_measured_latency_step_by_step_and_stops_at_the_target(tmp_path):
+@pytest.mark.integration
+def test_netadapt_cuts_measured_latency_and_stops_at_the_target(tmp_path):
     d = tmp_path / "run"
     metrics = run_in_process(d, *NETADAPT, "compression.netadapt.target_ratio=0.85",
                              "compression.netadapt.init_reduction=0.06",
@@ -48,7 +50,9 @@ def test_netadapt_cuts_measured_latency_step_by_step_and_stops_at_the_target(tmp
                              "export.latency.threads=1")
     record = json.loads((d / "netadapt.json").read_text())
     steps = record["steps"]
-    assert record["done"] and record["unit"] == "ms" and len(steps) >= 2
+    # how many steps a measured target takes depends on the machine's load (timing noise in
+    # the table); the step count of the schedule is asserted on exact MACs below
+    assert record["done"] and record["unit"] == "ms" and len(steps) >= 1
     assert record["target"] == pytest.approx(0.85 * record["start"])
     resources = [record["start"]] + [s["resource"] for s in steps]
     assert all(a > b for a, b in zip(resources, resources[1:]))  # every step cuts latency
@@ -72,6 +76,7 @@ def test_netadapt_cuts_measured_latency_step_by_step_and_stops_at_the_target(tmp
     assert metrics["prune/steps"] == len(steps) and metrics["plan/macs"] == plan.predicted["macs"]
 
 
+@pytest.mark.integration
 def test_netadapt_resumes_from_its_step_checkpoints(tmp_path, monkeypatch):
     d = tmp_path / "run"
     args = (*NETADAPT, "compression.netadapt.resource=macs", "compression.netadapt.target_ratio=0.6",
@@ -79,7 +84,10 @@ def test_netadapt_resumes_from_its_step_checkpoints(tmp_path, monkeypatch):
     run_in_process(d, *args)
     first = json.loads((d / "netadapt.json").read_text())
     steps = first["steps"]
-    assert len(steps) >= 3 and steps[-1]["resource"] <= first["target"]
+    assert len(steps) >= 3 and steps[-1]["resource"] <= first["target"]  # step by step
+    resources = [first["start"]] + [s["resource"] for s in steps]
+    assert all(a > b for a, b in zip(resources, resources[1:]))
+    assert all(s["resource"] <= s["step_target"] for s in steps)
     # as if killed during step 2: only step 1 is on record
     for name in ("plan.json", "checkpoints/pruned.pt",
                  *(f"checkpoints/netadapt_step{s['step']}.pt" for s in steps[1:])):
@@ -99,6 +107,7 @@ def test_netadapt_resumes_from_its_step_checkpoints(tmp_path, monkeypatch):
     assert not calls
 
 
+@pytest.mark.integration
 def test_an_unreachable_netadapt_target_exits_2_naming_the_setting(tmp_path):
     run_dir = tmp_path / "run"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "run.py"), *TASK, *NETADAPT,
@@ -117,11 +126,15 @@ def test_an_unreachable_netadapt_target_exits_2_naming_the_setting(tmp_path):
       "compression.netadapt.target_ms=1"], "compression.netadapt.target_ms"),
     (["compression=netadapt", "compression.netadapt.decay=1.5"], "compression.netadapt.decay"),
     (["compression=morphnet", "compression.morphnet.cost=flops"], "compression.morphnet.cost"),
-    (["compression=morphnet", "compression.criterion=magic"], "compression.criterion"),
 ])
 def test_bad_search_settings_name_the_setting(tmp_path, overrides, message):
     with pytest.raises(RsnetError, match=message.replace(".", r"\.")):
         run_in_process(tmp_path / "run", *overrides)
+
+
+def test_an_unknown_criterion_is_refused_naming_the_group():
+    with pytest.raises(MissingConfigException, match="compression/criterion/magic"):
+        compose_cfg(*TASK, "compression=morphnet", "compression/criterion=magic")
 
 
 # -- MorphNet ---------------------------------------------------------------------------------
@@ -222,7 +235,7 @@ def test_the_expanded_plan_is_within_the_budget_and_uses_it():
 def test_morphnet_run_records_shrunk_and_expanded_widths_and_trains_from_scratch(tmp_path):
     d = tmp_path / "run"
     metrics = run_in_process(d, "compression=morphnet", "compression.morphnet.epochs=1",
-                             "compression.morphnet.strength=0.05", "compression.criterion=random",
+                             "compression.morphnet.strength=0.05", "compression/criterion=random",
                              "compression.init=scratch", "scaling.budget.rule=ratio",
                              "scaling.budget.unit=params", "scaling.budget.value=0.5")
     record = json.loads((d / "morphnet.json").read_text())

@@ -15,16 +15,17 @@ from test_experiments import FAST, sweep, tables
 
 def fake_run(path, name, metrics=None):
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(f"name: {name}\ncompression:\n  name: prune\n  criterion: taylor\n"
+    (path / "config.yaml").write_text(f"name: {name}\ncompression:\n  name: prune\n  criterion:\n"
+                                      "    _target_: rsnet.compress.criteria.Taylor\n    name: taylor\n"
                                       "train:\n  distill:\n    enabled: false\n")
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_missing_runs_are_marked_missing(tmp_path):
-    fake_run(tmp_path / "sweep" / "compression.criterion=l1", "p",
+    fake_run(tmp_path / "sweep" / "compression_criterion=l1", "p",
              {"prune/criterion": "l1", "prune/init": "inherit", "model/params": 1234, "test/acc": 0.5})
-    fake_run(tmp_path / "sweep" / "compression.criterion=taylor", "p")  # killed before the report
+    fake_run(tmp_path / "sweep" / "compression_criterion=taylor", "p")  # killed before the report
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "prune",
                           str(tmp_path / "sweep"), "--csv", str(tmp_path / "t.csv")],
                          capture_output=True, text=True, check=True).stdout
@@ -204,6 +205,7 @@ def test_runs_of_one_seed_that_disagree_are_an_error(tmp_path):
     assert rows["Psi' (rs), from scratch"][5:7] == ["0, 1", "0.8500 ± 0.0707 (2)"]  # a, b, c agree
 
 
+@pytest.mark.integration
 def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
     """rs and uniform, seeds 0 and 1 (four tiny runs, about 30 s): the "rs vs uniform" pair is
     the per-seed difference of the runs' own metrics.json values. A (random-weight) C-way

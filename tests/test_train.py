@@ -7,7 +7,8 @@ from rsnet.config import DatasetConfig, TrainConfig
 from rsnet.data import build_data
 from rsnet.errors import RsnetError
 from rsnet.models.resnet_cifar import resnet_cifar
-from rsnet.train import Runtime, fit, predict, resolve_runtime
+from rsnet.stages.train import fit_from_config
+from rsnet.train import Runtime, fit, make_loader, predict, resolve_runtime
 
 
 class Interrupt(Exception):
@@ -36,17 +37,35 @@ def tiny_model(num_classes=3):
 def test_training_lowers_the_loss_and_learns(data, tmp_path):
     model = tiny_model()
     cfg = train_cfg(epochs=6, optimizer={"lr": 0.05})
-    hist = fit(model, data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
+    hist = fit_from_config(model, data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
     assert hist[-1]["train/loss"] < hist[0]["train/loss"]
     assert max(r["val/acc"] for r in hist) > 0.5  # chance is 1/3
     assert {"val/acc_local", "val/acc_global", "val/acc_raw"} <= set(hist[0])
+
+
+def test_fit_takes_built_objects_and_no_config(data, tmp_path):
+    """The library's fit: any optimizer, schedule and loss a caller builds (here Adam, a step
+    schedule and label smoothing), epochs as a number; the scheduler steps once per batch."""
+    model = tiny_model()
+    rt = resolve_runtime(train_cfg(precision="fp32"))
+    loader = make_loader(data.train, data, 32, rt, train=True, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=len(loader), gamma=0.5)
+    hist = fit(model, data, optimizer, scheduler, torch.nn.CrossEntropyLoss(label_smoothing=0.1),
+               epochs=4, loader=loader, rt=rt, ckpt_dir=tmp_path, seed=0, select_on="val/loss")
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
+    assert [r["lr"] for r in hist] == pytest.approx([3e-3 * 0.5 ** k for k in (1, 2, 3, 4)])
+    assert hist[-1]["train/loss"] < hist[0]["train/loss"]
+    with pytest.raises(RsnetError, match="select_on"):
+        fit(model, data, optimizer, scheduler, torch.nn.CrossEntropyLoss(), epochs=1,
+            loader=loader, rt=rt, ckpt_dir=tmp_path / "b", seed=0, select_on="val/f1")
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     cfg = train_cfg(epochs=3)
     rt = resolve_runtime(cfg)
     full = tiny_model()
-    hist_full = fit(full, data, cfg, rt, tmp_path / "a", seed=0)
+    hist_full = fit_from_config(full, data, cfg, rt, tmp_path / "a", seed=0)
 
     def kill_after_first(epoch, row):
         if epoch == 0:
@@ -54,10 +73,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
 
     killed = tiny_model()
     with pytest.raises(Interrupt):
-        fit(killed, data, cfg, rt, tmp_path / "b", seed=0,
+        fit_from_config(killed, data, cfg, rt, tmp_path / "b", seed=0,
             on_epoch_end=kill_after_first)
     resumed = tiny_model()  # a fresh process would rebuild the model from scratch
-    hist_resumed = fit(resumed, data, cfg, rt, tmp_path / "b", seed=0)
+    hist_resumed = fit_from_config(resumed, data, cfg, rt, tmp_path / "b", seed=0)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     drop = ("train/images_per_s", "train/epoch_s")
@@ -69,7 +88,7 @@ def test_best_epoch_weights_are_returned(data, tmp_path):
     cfg = train_cfg(epochs=3)
     rt = resolve_runtime(cfg)
     model = tiny_model()
-    hist = fit(model, data, cfg, rt, tmp_path, seed=0)
+    hist = fit_from_config(model, data, cfg, rt, tmp_path, seed=0)
     best = max(hist, key=lambda r: r["val/acc"])
     logits = predict(model, data.val, data, rt, 64)
     assert (logits.argmax(1) == data.val.targets).float().mean().item() == pytest.approx(best["val/acc"])
@@ -78,14 +97,14 @@ def test_best_epoch_weights_are_returned(data, tmp_path):
 def test_non_finite_loss_stops_with_a_clear_message(data, tmp_path):
     cfg = train_cfg(epochs=3, optimizer={"lr": 1e30})
     with pytest.raises(RsnetError, match="train.optimizer.lr"):
-        fit(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
+        fit_from_config(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
 
 
 def test_bf16_channels_last_training_runs(data, tmp_path):
     cfg = train_cfg(epochs=1, precision="bf16", channels_last=True)
     rt = resolve_runtime(cfg)
     model = rt.prepare(tiny_model())
-    hist = fit(model, data, cfg, rt, tmp_path, seed=0)
+    hist = fit_from_config(model, data, cfg, rt, tmp_path, seed=0)
     assert torch.isfinite(torch.tensor(hist[0]["train/loss"]))
 
 
@@ -105,7 +124,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(data, tmp_path):
     cfg = train_cfg(epochs=2)
     rt = Runtime(torch.device("cpu"), torch.float16, channels_last=False)
     full = tiny_model()
-    fit(full, data, cfg, rt, tmp_path / "a", seed=0)
+    fit_from_config(full, data, cfg, rt, tmp_path / "a", seed=0)
     scaler = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["scaler"]
     assert scaler["scale"] > 0 and scaler["growth_interval"] == 2000
 
@@ -114,10 +133,10 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(data, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(tiny_model(), data, cfg, rt, tmp_path / "b", seed=0, on_epoch_end=kill_after_first)
+        fit_from_config(tiny_model(), data, cfg, rt, tmp_path / "b", seed=0, on_epoch_end=kill_after_first)
     after_one = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["scaler"]
     resumed = tiny_model()
-    fit(resumed, data, cfg, rt, tmp_path / "b", seed=0)
+    fit_from_config(resumed, data, cfg, rt, tmp_path / "b", seed=0)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["scaler"] == scaler
@@ -126,7 +145,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(data, tmp_path):
 
 def test_fp32_and_bf16_leave_the_grad_scaler_off(data, tmp_path):
     cfg = train_cfg(epochs=1)
-    fit(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
+    fit_from_config(tiny_model(), data, cfg, resolve_runtime(cfg), tmp_path, seed=0)
     assert torch.load(tmp_path / "last.pt", weights_only=False)["scaler"] == {}
 
 
@@ -145,7 +164,7 @@ def test_distillation_pulls_the_student_toward_the_teacher(data, tmp_path):
     cfg = train_cfg(epochs=2, optimizer={"lr": 0.05})
     rt = resolve_runtime(cfg)
     teacher = tiny_model(num_classes=4)  # the C-way baseline of the synthetic data
-    fit(teacher, build_data(OmegaConf.merge(OmegaConf.structured(DatasetConfig(
+    fit_from_config(teacher, build_data(OmegaConf.merge(OmegaConf.structured(DatasetConfig(
         name="s", source={"_target_": "rsnet.data.sources.Synthetic", "num_classes": 4,
                           "train_per_class": 48, "test_per_class": 10, "size": 16})), {})),
         cfg, rt, tmp_path / "t", seed=0)
@@ -159,5 +178,5 @@ def test_distillation_pulls_the_student_toward_the_teacher(data, tmp_path):
 
     student = tiny_model()
     before = gap(student)
-    fit(student, data, cfg, rt, tmp_path / "s", seed=0, distill=kd_only)
+    fit_from_config(student, data, cfg, rt, tmp_path / "s", seed=0, distill=kd_only)
     assert gap(student) < 0.5 * before

@@ -6,7 +6,7 @@ gradual magnitude pruning (:mod:`~rsnet.compress.sparsity`).
 
 - :func:`prune_to_widths`: prune a trained model in place so every conv / linear has the
   width a :class:`rsnet.plan.WidthPlan` gives it (``plan.widths()``), ranking channels
-  with one of :data:`CRITERIA` (``compression.criterion``);
+  with a :class:`~rsnet.compress.criteria.Criterion` (``compression/criterion=...``);
 - :func:`width_schedule`: intermediate widths for pruning in k steps;
 - :func:`reinitialize`: fresh weights for the "pruned architecture from scratch" baseline;
 - :func:`save_pruned` / :func:`load_pruned`: tensors + widths on disk, rebuilt in any process;
@@ -18,12 +18,12 @@ The data-driven criteria take calibration batches from
 """
 
 from rsnet.compress.structured import current_widths, prune_to_widths
-from rsnet.compress.criteria import CRITERIA, DATA_DRIVEN
+from rsnet.compress.criteria import Criterion, Magnitude
 from rsnet.compress.reinit import reinitialize
 from rsnet.compress.checkpoint import load_pruned, save_pruned
 from rsnet.compress.width_schedule import width_schedule
 from rsnet.compress.shortcut import IndexShortcut, convert_pad_shortcuts, index_shortcut_pruner
 
-__all__ = ["prune_to_widths", "current_widths", "CRITERIA", "DATA_DRIVEN", "reinitialize",
+__all__ = ["prune_to_widths", "current_widths", "Criterion", "Magnitude", "reinitialize",
            "width_schedule", "save_pruned", "load_pruned", "IndexShortcut",
            "convert_pad_shortcuts", "index_shortcut_pruner"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rsnet.errors import RsnetError
+from rsnet.compress.criteria import Magnitude
 from rsnet.compress.structured import EXAMPLE_SHAPE_ATTR, current_widths, prune_to_widths
 from rsnet.fileio import atomic_torch_save
 
@@ -95,7 +96,7 @@ def load_pruned(path: str | Path, baseline_builder: Callable[[], nn.Module],
         example_input = torch.zeros(*shape)
     model = baseline_builder()
     # Structure only: the cheapest criterion; the weights are overwritten just below.
-    prune_to_widths(model, obj["widths"], example_input, criterion="l1")
+    prune_to_widths(model, obj["widths"], example_input, Magnitude())
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as e:

@@ -11,7 +11,9 @@ a residual stream adds up the evidence of every conv writing into it. All scores
 computed once, on the model before any channel is removed ("one-shot", Li et al.'s
 "independent" variant).
 
-Criteria (``compression.criterion``):
+Each criterion is a small object with the :class:`Criterion` protocol (``name``,
+``data_driven``, ``scores``), built from its YAML file in conf/compression/criterion/
+(``compression/criterion=hrank``; a new criterion is one class here and one YAML file):
 
 - ``l1`` / ``l2``: sum |w| / sqrt(sum w^2) over each filter (Li et al. 2017), via
   ``tp.importance.MagnitudeImportance(p=1|2, normalizer=None, group_reduction="first")``
@@ -43,7 +45,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -57,29 +60,24 @@ from rsnet.errors import RsnetError
 from rsnet.compress.activations import TapInterpreter, find_taps
 from rsnet.compress.dependency import GroupPlan, Member, preserve_state
 
-__all__ = ["CRITERIA", "DATA_DRIVEN", "check_criterion", "score_groups", "aggregate"]
-
-CRITERIA: dict[str, str] = {
-    "l1": "L1 norm of each filter",
-    "l2": "L2 norm of each filter",
-    "bn_scale": "|gamma| of the BatchNorm after the conv",
-    "taylor": "first-order Taylor |w * dL/dw| per filter",
-    "hrank": "average rank of the post-activation feature maps",
-    "apoz": "1 - average percentage of zeros of the post-activation feature map",
-    "mean_activation": "mean post-activation value",
-    "fisher": "Fisher saliency (Theis et al.) of the post-activation feature map",
-    "random": "seeded random scores",
-}
-DATA_DRIVEN = frozenset({"taylor", "hrank", "apoz", "mean_activation", "fisher"})
+__all__ = ["Criterion", "Magnitude", "BNScale", "Taylor", "HRank", "APoZ", "MeanActivation",
+           "Fisher", "Random", "check_calibration", "score_groups", "aggregate"]
 
 
-def check_criterion(criterion: str, calib: Any) -> None:
-    """RsnetError for an unknown criterion, or a data-driven one without calibration data."""
-    if criterion not in CRITERIA:
-        raise RsnetError(f"compression.criterion={criterion!r} is unknown; use one of "
-                         f"{', '.join(CRITERIA)}")
-    if criterion in DATA_DRIVEN and calib is None:
-        raise RsnetError(f"compression.criterion={criterion} needs calibration images: set "
+class Criterion(Protocol):
+    """A filter-importance criterion: one score per root channel of every group."""
+
+    name: str  # as reported (metrics prune/criterion, pruned.pt's meta)
+    data_driven: ClassVar[bool]  # needs calibration batches
+
+    def scores(self, model: nn.Module, plans: list[GroupPlan], calib: Iterable | None,
+               seed: int) -> dict[str, torch.Tensor]: ...
+
+
+def check_calibration(criterion: Criterion, calib: Any) -> None:
+    """RsnetError for a data-driven criterion without calibration data."""
+    if criterion.data_driven and calib is None:
+        raise RsnetError(f"compression/criterion={criterion.name} needs calibration images: set "
                          f"compression.calib_images (a positive number of training images)")
 
 
@@ -143,119 +141,68 @@ class _Weights:
         return aggregate(parts, plan.size)
 
 
-class _BNScale:
-    def __init__(self) -> None:
-        self.imp = tp.importance.BNScaleImportance(group_reduction="first", normalizer=None)
+def _feature_stats(criterion: _FeatureMapCriterion, model: nn.Module, plans: list[GroupPlan],
+                   calib: Iterable) -> dict[str, torch.Tensor]:
+    """Per-channel statistic of each member's feature map over the calibration set, by layer."""
+    names = sorted({m.name for p in plans for m in p.layers})
+    gm, taps = find_taps(model, names)
+    by_node: dict[Node, list[str]] = {}
+    for name, tap in taps.items():
+        by_node.setdefault(tap.node, []).append(name)
+    sums: dict[Node, torch.Tensor] = {}
+    counts: dict[Node, int] = {}
+    grad_mode = criterion.uses_gradient
+    device = _device(model)
+    batch_out: dict[Node, torch.Tensor] = {}
 
-    def __call__(self, plan: GroupPlan) -> torch.Tensor:
-        if not plan.norms:
-            raise RsnetError(f"compression.criterion=bn_scale: {', '.join(plan.names)} "
-                             f"has no BatchNorm after it; use another criterion (e.g. l1)")
-        parts = []
-        for m in plan.norms:
-            if getattr(m.module, "weight", None) is None:
-                raise RsnetError(
-                    f"compression.criterion=bn_scale: the BatchNorm {m.name} "
-                    f"({type(m.module).__name__}) has no scale (gamma), e.g. googlenet_rs "
-                    f"built with bn_scale=false; use another criterion (e.g. l1)")
-            parts.append(_tp_member_scores(self.imp, m, tpf.prune_batchnorm_out_channels))
-        return aggregate(parts, plan.size)
+    def sink(node: Node, out: torch.Tensor, use_relu: bool) -> None:
+        if grad_mode:
+            batch_out[node] = out  # read after the backward pass
+            return
+        a = (F.relu(out) if use_relu else out).detach()
+        if a.dim() == 2:
+            a = a[:, :, None, None]  # a linear layer: one 1x1 "map" per channel
+        stat, n = criterion.reduce(a)
+        sums[node] = sums.get(node, 0) + stat.cpu()
+        counts[node] = counts.get(node, 0) + n
 
-
-class _Random:
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-
-    def __call__(self, plan: GroupPlan) -> torch.Tensor:
-        mixed = (self.seed * 0x9E3779B1 + zlib.crc32(plan.root.encode())) % (2 ** 63)
-        gen = torch.Generator().manual_seed(mixed)
-        return torch.rand(plan.size, generator=gen, dtype=torch.float64)
-
-
-class _FeatureStat:
-    """Per-channel statistics of each member's feature map over the calibration set."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.stats: dict[str, torch.Tensor] = {}
-
-    def prepare(self, model: nn.Module, plans: list[GroupPlan], calib: Iterable) -> None:
-        names = sorted({m.name for p in plans for m in p.layers})
-        gm, taps = find_taps(model, names)
-        by_node: dict[Node, list[str]] = {}
-        for name, tap in taps.items():
-            by_node.setdefault(tap.node, []).append(name)
-        relu = {tap.node: tap.relu for tap in taps.values()}
-        sums: dict[Node, torch.Tensor] = {}
-        counts: dict[Node, int] = {}
-        grad_mode = self.kind == "fisher"
-        device = _device(model)
-        batch_out: dict[Node, torch.Tensor] = {}
-
-        def sink(node: Node, out: torch.Tensor, use_relu: bool) -> None:
-            if grad_mode:
-                batch_out[node] = out  # read after the backward pass
-                return
-            a = F.relu(out) if use_relu else out
-            a = a.detach()
-            if a.dim() == 2:
-                a = a[:, :, None, None]  # a linear layer: one 1x1 "map" per channel
-            b, c = a.shape[:2]
-            if self.kind == "hrank":
-                if a.shape[2:] == (1, 1):
-                    stat = (a[:, :, 0, 0] != 0).double().sum(0)
-                else:
-                    stat = torch.linalg.matrix_rank(a.float()).double().sum(0)
-                n = b
-            elif self.kind == "apoz":
-                stat = (a != 0).double().sum((0, 2, 3))  # non-zeros: score = 1 - APoZ
-                n = b * a.shape[2] * a.shape[3]
-            else:  # mean_activation
-                stat = a.double().sum((0, 2, 3))
-                n = b * a.shape[2] * a.shape[3]
-            sums[node] = sums.get(node, 0) + stat.cpu()
-            counts[node] = counts.get(node, 0) + n
-
-        interp = TapInterpreter(gm, taps, sink)
-        seen = 0
-        with preserve_state(model):
-            model.eval()
-            for x, y in calib:
-                x = x.to(device)
-                seen += x.shape[0]
-                if not grad_mode:
-                    with torch.no_grad():
-                        interp.run(x)
-                    continue
-                batch_out.clear()
-                with torch.enable_grad():
-                    out = interp.run(x)
-                    logits = out[0] if isinstance(out, (tuple, list)) else out
-                    loss = F.cross_entropy(logits, y.to(device), reduction="sum")
-                    outs = [(n, o) for n, o in batch_out.items() if o.requires_grad]
-                    grads = torch.autograd.grad(loss, [o for _, o in outs], allow_unused=True)
-                for (node, o), g in zip(outs, grads):
-                    if g is None:
-                        g = torch.zeros_like(o)
-                    a, g = o.detach(), g.detach()
-                    if a.dim() == 2:
-                        a, g = a[:, :, None, None], g[:, :, None, None]
-                    # Per example: (sum over positions of a * dL_n/da)^2.
-                    stat = (a * g).double().sum((2, 3)).pow(2).sum(0)
-                    sums[node] = sums.get(node, 0) + stat.cpu()
-                    counts[node] = counts.get(node, 0) + a.shape[0]
-        if seen == 0:
-            raise RsnetError("compression.calib_images: the calibration set is empty")
-        for node, layer_names in by_node.items():
-            denom = counts[node] * (2 if self.kind == "fisher" else 1)
-            value = sums[node] / denom  # apoz: the non-zero fraction, i.e. 1 - APoZ
-            for name in layer_names:
-                self.stats[name] = value
-
-    def __call__(self, plan: GroupPlan) -> torch.Tensor:
-        parts = [(self.stats[m.name][m.idxs], m.root_idxs)
-                 for m in plan.layers if m.name in self.stats]
-        return aggregate(parts, plan.size)
+    interp = TapInterpreter(gm, taps, sink)
+    seen = 0
+    with preserve_state(model):
+        model.eval()
+        for x, y in calib:
+            x = x.to(device)
+            seen += x.shape[0]
+            if not grad_mode:
+                with torch.no_grad():
+                    interp.run(x)
+                continue
+            batch_out.clear()
+            with torch.enable_grad():
+                out = interp.run(x)
+                logits = out[0] if isinstance(out, (tuple, list)) else out
+                loss = F.cross_entropy(logits, y.to(device), reduction="sum")
+                outs = [(n, o) for n, o in batch_out.items() if o.requires_grad]
+                grads = torch.autograd.grad(loss, [o for _, o in outs], allow_unused=True)
+            for (node, o), g in zip(outs, grads):
+                if g is None:
+                    g = torch.zeros_like(o)
+                a, g = o.detach(), g.detach()
+                if a.dim() == 2:
+                    a, g = a[:, :, None, None], g[:, :, None, None]
+                # Per example: (sum over positions of a * dL_n/da)^2.
+                stat = (a * g).double().sum((2, 3)).pow(2).sum(0)
+                sums[node] = sums.get(node, 0) + stat.cpu()
+                counts[node] = counts.get(node, 0) + a.shape[0]
+    if seen == 0:
+        raise RsnetError("compression.calib_images: the calibration set is empty")
+    stats: dict[str, torch.Tensor] = {}
+    for node, layer_names in by_node.items():
+        denom = counts[node] * (2 if grad_mode else 1)
+        value = sums[node] / denom  # apoz: the non-zero fraction, i.e. 1 - APoZ
+        for name in layer_names:
+            stats[name] = value
+    return stats
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -287,25 +234,78 @@ def _taylor_grads(model: nn.Module, calib: Iterable) -> dict[nn.Parameter, torch
     return old
 
 
-def score_groups(model: nn.Module, plans: list[GroupPlan], criterion: str,
+def score_groups(model: nn.Module, plans: list[GroupPlan], criterion: Criterion,
                  calib: Iterable | None, seed: int = 0) -> dict[str, torch.Tensor]:
     """Scores (float64, shape (plan.size,)) of every plan's root channels, by root name.
 
     Computed on the model as it is (before pruning). Data-driven criteria iterate over
     ``calib`` once (``(x, y)`` batches: normalised float images, int64 targets).
     """
-    check_criterion(criterion, calib)
-    if not plans:
-        return {}
-    if criterion in ("l1", "l2"):
-        p = 1 if criterion == "l1" else 2
-        scorer: Any = _Weights(tp.importance.MagnitudeImportance(
-            p=p, normalizer=None, group_reduction="first"), root=p == 2)
-    elif criterion == "bn_scale":
-        scorer = _BNScale()
-    elif criterion == "random":
-        scorer = _Random(seed)
-    elif criterion == "taylor":
+    check_calibration(criterion, calib)
+    return criterion.scores(model, plans, calib, seed) if plans else {}
+
+
+class _PerGroup:
+    """A criterion that scores each group on its own, from the weights alone."""
+    data_driven: ClassVar[bool] = False
+
+    def score(self, plan: GroupPlan, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, model, plans, calib, seed):
+        return {plan.root: self.score(plan, seed) for plan in plans}
+
+
+@dataclass(frozen=True)
+class Magnitude(_PerGroup):
+    """``l1`` / ``l2``: the p-norm of each filter (Li et al. 2017)."""
+    p: int = 1
+    name: str = "l1"
+
+    def score(self, plan, seed):
+        return _Weights(tp.importance.MagnitudeImportance(
+            p=self.p, normalizer=None, group_reduction="first"), root=self.p == 2)(plan)
+
+
+@dataclass(frozen=True)
+class BNScale(_PerGroup):
+    """``bn_scale``: |gamma| of the group's BatchNorm layers (network slimming)."""
+    name: str = "bn_scale"
+
+    def score(self, plan, seed):
+        if not plan.norms:
+            raise RsnetError(f"compression/criterion=bn_scale: {', '.join(plan.names)} "
+                             f"has no BatchNorm after it; use another criterion (e.g. l1)")
+        imp = tp.importance.BNScaleImportance(group_reduction="first", normalizer=None)
+        parts = []
+        for m in plan.norms:
+            if getattr(m.module, "weight", None) is None:
+                raise RsnetError(
+                    f"compression/criterion=bn_scale: the BatchNorm {m.name} "
+                    f"({type(m.module).__name__}) has no scale (gamma), e.g. googlenet_rs "
+                    f"built with bn_scale=false; use another criterion (e.g. l1)")
+            parts.append(_tp_member_scores(imp, m, tpf.prune_batchnorm_out_channels))
+        return aggregate(parts, plan.size)
+
+
+@dataclass(frozen=True)
+class Random(_PerGroup):
+    """``random``: uniform scores seeded by (seed, root layer name)."""
+    name: str = "random"
+
+    def score(self, plan, seed):
+        mixed = (int(seed) * 0x9E3779B1 + zlib.crc32(plan.root.encode())) % (2 ** 63)
+        gen = torch.Generator().manual_seed(mixed)
+        return torch.rand(plan.size, generator=gen, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Taylor:
+    """``taylor``: first-order Taylor sum |w * dL/dw| per filter (Molchanov et al.)."""
+    name: str = "taylor"
+    data_driven: ClassVar[bool] = True
+
+    def scores(self, model, plans, calib, seed):
         old = _taylor_grads(model, calib)
         try:
             scorer = _Weights(tp.importance.TaylorImportance(
@@ -314,7 +314,56 @@ def score_groups(model: nn.Module, plans: list[GroupPlan], criterion: str,
         finally:
             for p, g in old.items():
                 p.grad = g
-    else:
-        scorer = _FeatureStat(criterion)
-        scorer.prepare(model, plans, calib)
-    return {plan.root: scorer(plan) for plan in plans}
+
+
+class _FeatureMapCriterion:
+    """A statistic of each member's feature map over the calibration set (see the module
+    docstring); subclasses give ``reduce``: a batch of maps (B, C, H, W) -> (per-channel
+    sum, count)."""
+    data_driven: ClassVar[bool] = True
+    uses_gradient: ClassVar[bool] = False  # Fisher: the maps' gradients, not their values
+
+    def reduce(self, a: torch.Tensor) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def scores(self, model, plans, calib, seed):
+        stats = _feature_stats(self, model, plans, calib)
+        return {plan.root: aggregate([(stats[m.name][m.idxs], m.root_idxs)
+                                      for m in plan.layers if m.name in stats], plan.size)
+                for plan in plans}
+
+
+@dataclass(frozen=True)
+class HRank(_FeatureMapCriterion):
+    """``hrank``: the average rank of each channel's H x W map (Lin et al. 2020)."""
+    name: str = "hrank"
+
+    def reduce(self, a):
+        if a.shape[2:] == (1, 1):
+            return (a[:, :, 0, 0] != 0).double().sum(0), a.shape[0]
+        return torch.linalg.matrix_rank(a.float()).double().sum(0), a.shape[0]
+
+
+@dataclass(frozen=True)
+class APoZ(_FeatureMapCriterion):
+    """``apoz``: 1 - the average percentage of zeros (Hu et al. 2016)."""
+    name: str = "apoz"
+
+    def reduce(self, a):
+        return (a != 0).double().sum((0, 2, 3)), a.shape[0] * a.shape[2] * a.shape[3]
+
+
+@dataclass(frozen=True)
+class MeanActivation(_FeatureMapCriterion):
+    """``mean_activation``: the mean of each channel's map (Molchanov et al. 2017)."""
+    name: str = "mean_activation"
+
+    def reduce(self, a):
+        return a.double().sum((0, 2, 3)), a.shape[0] * a.shape[2] * a.shape[3]
+
+
+@dataclass(frozen=True)
+class Fisher(_FeatureMapCriterion):
+    """``fisher``: (1 / 2N) sum_n (sum_hw a * dL_n/da)^2 (Theis et al. 2018)."""
+    name: str = "fisher"
+    uses_gradient: ClassVar[bool] = True

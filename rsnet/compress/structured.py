@@ -9,7 +9,7 @@ from torch import nn
 
 from rsnet.errors import RsnetError
 from rsnet.models.layers import check_width
-from rsnet.compress.criteria import check_criterion, score_groups
+from rsnet.compress.criteria import Criterion, Magnitude, check_calibration, score_groups
 from rsnet.compress.dependency import (LAYERS, GroupPlan, build_graph, frozen_index_mapping,
                                 layer_width, output_layer, plan_groups, preserve_state,
                                 prune_together, train_only_layers)
@@ -66,7 +66,7 @@ def _lowest(scores: torch.Tensor, plan: GroupPlan) -> list[int]:
 
 
 def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor,
-                    criterion: str = "l1", calib: Iterable | None = None,
+                    criterion: Criterion = Magnitude(), calib: Iterable | None = None,
                     seed: int = 0) -> nn.Module:
     """Prune ``model`` in place so that each layer named in ``widths`` has that many outputs.
 
@@ -81,7 +81,8 @@ def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: 
             only be given their current width.
         example_input: a batch shaped like the model's input, e.g. ``(1, 3, 32, 32)``
             (used to trace the dependency graph; its values do not matter).
-        criterion: channel-importance criterion (see :mod:`rsnet.compress.criteria`).
+        criterion: channel-importance criterion (:mod:`rsnet.compress.criteria`; L1 norm
+            by default).
         calib: iterable of ``(x, y)`` batches (normalised float images, int64 targets),
             required by the data-driven criteria; iterated once.
         seed: seed of the ``random`` criterion.
@@ -96,7 +97,7 @@ def prune_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: 
 
     Returns ``model``. Raises RsnetError for widths that cannot be met.
     """
-    check_criterion(criterion, calib)
+    check_calibration(criterion, calib)
     targets = _check_widths(model, widths)
     if not isinstance(example_input, torch.Tensor):
         raise RsnetError("example_input must be a tensor shaped like one input batch")

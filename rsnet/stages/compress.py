@@ -1,9 +1,12 @@
 """Stage prune: carve the N-way model out of the trained baseline.
 
-``compression=prune`` realises the plan by filter pruning (:func:`carve`);
-``compression=netadapt`` / ``morphnet`` choose the widths themselves and prune to them
-(:mod:`rsnet.stages.search`). Artifact: checkpoints/pruned.pt. Also keeps a copy of the
-trained baseline (the distillation teacher; measured beside the model in the export).
+The compression method is the object ``compression.method`` builds (``_target_``, one per
+conf/compression/*.yaml) with the :class:`Compression` protocol: ``compression=prune``
+realises the plan by filter pruning (:class:`Carve`); ``compression=netadapt`` / ``morphnet``
+choose the widths themselves and prune to them (:mod:`rsnet.stages.search`);
+``compression=none`` and ``magnitude`` (whose masks act during training) leave the model as it
+is (:class:`Unchanged`). Artifact: checkpoints/pruned.pt. Also keeps a copy of the trained
+baseline (the distillation teacher; measured beside the model in the export).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from rsnet import distributed
 from rsnet.data.calibration import calibration_batches
@@ -21,14 +26,70 @@ from rsnet.errors import RsnetError
 from rsnet.metrics import count_params
 from rsnet.models.widths import family_init
 from rsnet.plan import check_plan_cost
-from rsnet.compress import (DATA_DRIVEN, current_widths, load_pruned,
+from rsnet.compress import (current_widths, load_pruned,
                          prune_to_widths, reinitialize, save_pruned, width_schedule)
 from rsnet.compress.dependency import train_only_layers
 from rsnet.stages.context import Context
-from rsnet.stages.search import SEARCH_METHODS, stage_search
-from rsnet.train import Runtime, fit
+from rsnet.stages.train import fit_from_config
+from rsnet.train import Runtime
 
 log = logging.getLogger(__name__)
+
+
+class Compression(Protocol):
+    """A compression method: conf/compression/<name>.yaml names it by ``method._target_``
+    (a new method is one class and one YAML file)."""
+
+    carves_plan: bool  # realises the scaling policy's plan by pruning (the plan stage then
+    # analyses the graph as prunable)
+
+    def check(self, cfg: DictConfig) -> None:
+        """RsnetError for settings that cannot work, before any stage runs."""
+
+    def run(self, ctx: Context) -> None:
+        """Make ``ctx.model`` the compressed N-way model (setting ``ctx.pruned``, and
+        ``ctx.plan`` where the method plans) and add its metrics."""
+
+
+def method(cfg: DictConfig) -> Compression:
+    """The run's compression method, built from ``compression.method``."""
+    if cfg.compression.method is None:
+        raise RsnetError(f"compression={cfg.compression.name} names no method: its YAML file needs "
+                         f"method: {{_target_: ...}} (e.g. rsnet.stages.compress.Unchanged)")
+    return instantiate(cfg.compression.method)
+
+
+class Unchanged:
+    """compression=none, and magnitude (its masks act in the training stage)."""
+    carves_plan = False
+
+    def check(self, cfg: DictConfig) -> None:
+        pass
+
+    def run(self, ctx: Context) -> None:
+        pass
+
+
+class Carve:
+    """compression=prune: carve the plan out of the trained baseline (:func:`carve`)."""
+    carves_plan = True
+
+    def check(self, cfg: DictConfig) -> None:
+        comp = cfg.compression
+        if cfg.scaling.policy is None:
+            raise RsnetError("compression=prune realises a width plan: set scaling=rs (or uniform, "
+                             "factors, plan)")
+        if comp.init not in ("inherit", "scratch"):
+            raise RsnetError(f"compression.init={comp.init!r}: use inherit or scratch")
+        if comp.steps < 1:
+            raise RsnetError(f"compression.steps={comp.steps} must be >= 1")
+
+    def run(self, ctx: Context) -> None:
+        comp = ctx.cfg.compression
+        ctx.model = _from_rank0(lambda: carve(ctx), ctx.rt)
+        ctx.pruned = True
+        ctx.metrics.update({"prune/criterion": comp.criterion.name, "prune/init": comp.init,
+                            "prune/steps": comp.steps})
 
 
 def run(ctx: Context) -> None:
@@ -36,15 +97,7 @@ def run(ctx: Context) -> None:
     if cfg.model.checkpoint:  # kept unchanged: the teacher, and Psi beside Psi' in the export
         ctx.baseline = copy.deepcopy(ctx.model)
         ctx.teacher = ctx.baseline if cfg.train.distill.enabled else None
-    if cfg.compression.name == "prune":
-        ctx.model = _from_rank0(lambda: carve(ctx), ctx.rt)
-        ctx.pruned = True
-        ctx.metrics.update({"prune/criterion": cfg.compression.criterion,
-                            "prune/init": cfg.compression.init, "prune/steps": cfg.compression.steps})
-    elif cfg.compression.name in SEARCH_METHODS:  # netadapt / morphnet: plan and prune in one
-        ctx.model, ctx.plan, found = stage_search(ctx)
-        ctx.metrics.update(found)
-        ctx.pruned = True
+    method(cfg).run(ctx)
 
 
 def _from_rank0(make: Callable[[], torch.nn.Module], rt: Runtime) -> torch.nn.Module:
@@ -57,7 +110,7 @@ def _from_rank0(make: Callable[[], torch.nn.Module], rt: Runtime) -> torch.nn.Mo
 
 def carve(ctx: Context) -> torch.nn.Module:
     """Carve the plan out of the trained baseline (compression=prune): keep the most important
-    filters by ``compression.criterion``, in ``compression.steps`` steps with fine-tuning
+    filters by ``compression.criterion`` (a :class:`~rsnet.compress.criteria.Criterion`), in ``compression.steps`` steps with fine-tuning
     between them; ``compression.init=scratch`` re-initialises the pruned network instead.
 
     Artifact: checkpoints/pruned.pt (state dict + widths, reloadable in a fresh process).
@@ -70,31 +123,29 @@ def carve(ctx: Context) -> torch.nn.Module:
     if path.exists():
         log.info("stage artifact %s exists: skipping pruning", path.name)
         return load_pruned(path, ctx.nway_arch, example)
-    if comp.init not in ("inherit", "scratch"):
-        raise RsnetError(f"compression.init={comp.init!r}: use inherit or scratch")
-    if comp.steps < 1:
-        raise RsnetError(f"compression.steps={comp.steps} must be >= 1")
+    criterion = instantiate(comp.criterion)
     calib = calibration_batches(data.train, comp.calib_images, data.mean, data.std,
-                                seed=cfg.seed) if comp.criterion in DATA_DRIVEN else None
+                                seed=cfg.seed) if criterion.data_driven else None
     schedule = width_schedule(current_widths(model), plan.widths(), comp.steps)
     for i, widths in enumerate(schedule, start=1):
         step_path = ctx.run_dir / "checkpoints" / f"prune_step{i}.pt"
         if step_path.exists():  # resume an iterative run after its last finished step
             model = load_pruned(step_path, ctx.nway_arch, example)
             continue
-        model = rt.prepare(prune_to_widths(model.cpu().float(), widths, example, comp.criterion,
+        model = rt.prepare(prune_to_widths(model.cpu().float(), widths, example, criterion,
                                            calib, cfg.seed))
-        log.info("pruning step %d/%d (%s): %s params", i, comp.steps, comp.criterion,
+        log.info("pruning step %d/%d (%s): %s params", i, comp.steps, criterion.name,
                  f"{count_params(model):,}")
         if i < comp.steps and comp.init == "inherit" and comp.step_epochs > 0:
-            step_cfg = OmegaConf.merge(cfg.train, {"epochs": comp.step_epochs})
-            fit(model, data, step_cfg, rt, ctx.run_dir / "checkpoints" / f"prune_step{i}", cfg.seed)
+            fit_from_config(model, data, cfg.train, rt,
+                            ctx.run_dir / "checkpoints" / f"prune_step{i}", cfg.seed,
+                            epochs=comp.step_epochs)
         save_pruned(step_path, model.cpu(), widths, {"step": i})
     if comp.init == "scratch":  # the builder's own init where it has one (else torch's defaults)
         reinitialize(model, cfg.seed, family_init(cfg.model.arch["_target_"]))
     # layers that run only in training (aux heads) are outside the traced plan: check MACs only
     check_plan_cost(model, plan, ctx.input_size, "pruned",
                     params=not train_only_layers(model.cpu(), example))
-    save_pruned(path, model.cpu(), plan.widths(), {"criterion": comp.criterion, "init": comp.init,
+    save_pruned(path, model.cpu(), plan.widths(), {"criterion": criterion.name, "init": comp.init,
                                                    "steps": comp.steps})
     return model

@@ -49,7 +49,7 @@ def measure(ctx: Context) -> dict:
         report_ = sparsity_report(model)
         out.update({k: v for k, v in report_.items() if "/layer/" not in k})
         atomic_write_json(ctx.run_dir / "sparsity.json", report_)
-    if cfg.train.latency_runs > 0 and cfg.export.name == "none":  # else: the export stage
+    if cfg.train.latency_runs > 0 and cfg.export.exporter is None:  # else: the export stage
         out["latency/torch_fp32_b1_ms"] = measure_latency(model, ctx.input_size,
                                                           runs=cfg.train.latency_runs)
     return out

@@ -4,8 +4,10 @@ latency of PyTorch eager and ONNX Runtime (export/, export_metrics.json)."""
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import torch
+from hydra.utils import instantiate
 
 from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader
@@ -23,10 +25,27 @@ def _split_batches(data: DataBundle, split: str, batch_size: int):
     return (x for x, _ in BatchLoader(getattr(data, split), batch_size, data.mean, data.std))
 
 
+class Exporter(Protocol):
+    """A deployment export: conf/export/<name>.yaml names it by ``exporter._target_`` (none:
+    no exporter). ``export`` writes its files under export/ and returns flat metrics."""
+
+    def export(self, ctx: Context, threshold: float | None) -> dict: ...
+
+
+class OnnxExport:
+    """export=onnx / int8: :func:`export`."""
+
+    def export(self, ctx: Context, threshold: float | None) -> dict:
+        return export(ctx, threshold)
+
+
 def run(ctx: Context) -> None:
-    if ctx.cfg.export.name != "none":
-        ctx.metrics.update(cached_json(ctx.run_dir / "export_metrics.json",
-                                       lambda: export(ctx, ctx.metrics.get("openset/threshold"))))
+    ex = ctx.cfg.export.exporter
+    if ex is not None:
+        exporter: Exporter = instantiate(ex)
+        ctx.metrics.update(cached_json(
+            ctx.run_dir / "export_metrics.json",
+            lambda: exporter.export(ctx, ctx.metrics.get("openset/threshold"))))
 
 
 def export(ctx: Context, threshold: float | None = None) -> dict:

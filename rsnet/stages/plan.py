@@ -42,7 +42,7 @@ def analyze_nway(ctx: Context, prunable: bool):
 
 def make_plan(ctx: Context) -> WidthPlan | None:
     cfg, data = ctx.cfg, ctx.data
-    if cfg.scaling.name == "none":
+    if cfg.scaling.policy is None:  # scaling=none: no plan
         return None
     path = ctx.run_dir / "plan.json"
     if path.exists():
@@ -50,7 +50,7 @@ def make_plan(ctx: Context) -> WidthPlan | None:
         return WidthPlan.load(path)
     t0 = time.perf_counter()
     sc = cfg.scaling
-    graph = analyze_nway(ctx, prunable=cfg.compression.name == "prune")
+    graph = analyze_nway(ctx, prunable=instantiate(cfg.compression.method).carves_plan)
     base_cost = {"params": count_params(ctx.model), "macs": count_macs(ctx.model, ctx.input_size)}
     num_base = sc.budget.num_base_classes or len(data.base_class_names)
     budget = make_budget(sc.budget.rule, sc.budget.unit, base_cost[sc.budget.unit],

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from rsnet.plan.budget import Budget, make_budget
@@ -39,7 +39,7 @@ from rsnet.graph import ModelGraph
 from rsnet.metrics import count_macs, count_params
 from rsnet.models.widths import family_init
 from rsnet.plan import WidthPlan, check_plan_cost
-from rsnet.compress import (CRITERIA, DATA_DRIVEN, load_pruned, prune_to_widths,
+from rsnet.compress import (load_pruned, prune_to_widths,
                          reinitialize, save_pruned)
 from rsnet.compress.dependency import train_only_layers
 from rsnet.deploy.latency_table import LatencyModel, LatencyTable, layer_specs, measure_model_ms
@@ -47,37 +47,62 @@ from rsnet.compress.morphnet import (COSTS, GammaPenalty, fit_to_budget, gamma_g
 from rsnet.compress.netadapt import NetAdaptLog, Schedule, netadapt
 from rsnet.compress.group_widths import floor_widths
 from rsnet.plan.policies import Scaler, WidthRule
-from rsnet.train import Runtime, fit, main_logits, make_loader, predict, split_metrics
+from rsnet.train import Runtime, main_logits, make_loader, predict, split_metrics
 from rsnet.stages.context import Context
 from rsnet.stages.plan import analyze_nway, plan_metrics
+from rsnet.stages.train import fit_from_config
 from rsnet.fileio import atomic_write_json, load_checkpoint_file
 
-__all__ = ["SEARCH_METHODS", "RESOURCES", "check_search_settings", "stage_search", "search_metrics"]
+__all__ = ["NetAdapt", "MorphNet", "RESOURCES", "stage_search"]
 
 log = logging.getLogger(__name__)
 
-SEARCH_METHODS = ("netadapt", "morphnet")
 RESOURCES = {"latency": "ms", "macs": "MACs", "params": "params"}
 
 
-def check_search_settings(cfg: DictConfig) -> None:
-    """Settings of compression=netadapt / morphnet that cannot work (before any stage runs)."""
-    comp = cfg.compression
-    if comp.name not in SEARCH_METHODS:
-        return
-    if cfg.scaling.name != "none":
-        raise RsnetError(f"compression={comp.name} chooses the widths itself: keep scaling=none "
-                         f"(scaling.budget.*, scaling.widths.*, scaling.fixed and "
-                         f"scaling.leaf_modules still apply)")
-    if comp.init not in ("inherit", "scratch"):
-        raise RsnetError(f"compression.init={comp.init!r}: use inherit or scratch")
-    if comp.criterion not in CRITERIA:
-        raise RsnetError(f"compression.criterion={comp.criterion!r} is unknown; use one of "
-                         f"{', '.join(CRITERIA)}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RsnetError(f"compression={comp.name} runs in one process; start it without torchrun")
-    if comp.name == "netadapt":
-        na, key = comp.netadapt, "compression.netadapt"
+class _Search:
+    """A compression method that chooses the widths itself and prunes the baseline to them
+    (see :class:`rsnet.stages.compress.Compression`); subclasses find the widths."""
+    name: str
+    carves_plan = False  # no plan from a scaling policy: the search makes its own
+
+    def check(self, cfg: DictConfig) -> None:
+        """Settings that cannot work (before any stage runs)."""
+        comp = cfg.compression
+        if cfg.scaling.policy is not None:
+            raise RsnetError(f"compression={self.name} chooses the widths itself: keep scaling=none "
+                             f"(scaling.budget.*, scaling.widths.*, scaling.fixed and "
+                             f"scaling.leaf_modules still apply)")
+        if comp.init not in ("inherit", "scratch"):
+            raise RsnetError(f"compression.init={comp.init!r}: use inherit or scratch")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RsnetError(f"compression={self.name} runs in one process; start it without torchrun")
+        self.check_method(cfg)
+
+    def check_method(self, cfg: DictConfig) -> None:
+        raise NotImplementedError
+
+    def find(self, ctx: Context, model: nn.Module, graph: ModelGraph, example: torch.Tensor,
+             base_cost: dict) -> tuple[nn.Module, dict[int, int], Budget, dict]:
+        """(the model pruned to the found widths, those group widths, the budget, a record)."""
+        raise NotImplementedError
+
+    def metrics(self, record: dict) -> dict:
+        """Flat metrics (metrics.json) of the method's record (netadapt.json / morphnet.json)."""
+        raise NotImplementedError
+
+    def run(self, ctx: Context) -> None:
+        ctx.model, ctx.plan, found = stage_search(ctx, self)
+        ctx.metrics.update(found)
+        ctx.pruned = True
+
+
+class NetAdapt(_Search):
+    """compression=netadapt (:mod:`rsnet.compress.netadapt`)."""
+    name = "netadapt"
+
+    def check_method(self, cfg: DictConfig) -> None:
+        na, key = cfg.compression.netadapt, "compression.netadapt"
         if na.resource not in RESOURCES:
             raise RsnetError(f"{key}.resource={na.resource!r}: use one of {', '.join(RESOURCES)}")
         if na.target_ms is not None and (na.resource != "latency" or not na.target_ms > 0):
@@ -94,8 +119,31 @@ def check_search_settings(cfg: DictConfig) -> None:
                 raise RsnetError(f"{key}.{name}={na[name]} must be >= 1")
         if na.short_term_iters < 0 or not na.short_term_lr > 0:
             raise RsnetError(f"{key}.short_term_iters must be >= 0 and {key}.short_term_lr > 0")
-    else:
-        mn, key = comp.morphnet, "compression.morphnet"
+
+    def find(self, ctx, model, graph, example, base_cost):
+        return _netadapt(ctx.cfg, model, ctx.data, ctx.rt, ctx.run_dir, graph, example,
+                         ctx.nway_arch)
+
+    def metrics(self, record: dict) -> dict:
+        steps = record["steps"]
+        out = {"prune/steps": len(steps), "netadapt/resource": record["resource"],
+               "netadapt/unit": record["unit"], "netadapt/start": record["start"],
+               "netadapt/target": record["target"],
+               "netadapt/final": steps[-1]["resource"] if steps else record["start"]}
+        out.update({f"netadapt/{k}": v for k, v in record.get("extra", {}).items()})
+        for s in steps:
+            i = s["step"]
+            out.update({f"netadapt/step{i}/group": s["group"], f"netadapt/step{i}/width": s["width_to"],
+                        f"netadapt/step{i}/resource": s["resource"], f"netadapt/step{i}/score": s["score"]})
+        return out
+
+
+class MorphNet(_Search):
+    """compression=morphnet (:mod:`rsnet.compress.morphnet`)."""
+    name = "morphnet"
+
+    def check_method(self, cfg: DictConfig) -> None:
+        mn, key = cfg.compression.morphnet, "compression.morphnet"
         if mn.epochs < 1:
             raise RsnetError(f"{key}.epochs={mn.epochs} must be >= 1 (the sparsifying training)")
         if mn.cost not in COSTS:
@@ -105,6 +153,20 @@ def check_search_settings(cfg: DictConfig) -> None:
         if cfg.train.precision == "fp16":
             raise RsnetError("compression=morphnet adds its penalty in backward hooks, which fp16 "
                              "loss scaling would distort: use train.precision=bf16 or fp32")
+
+    def find(self, ctx, model, graph, example, base_cost):
+        return _morphnet(ctx.cfg, model, ctx.data, ctx.rt, ctx.run_dir, graph, example, base_cost)
+
+    def metrics(self, record: dict) -> dict:
+        def widths(w: dict) -> str:
+            return " ".join(f"{g}:{v}" for g, v in w.items())
+        return {"prune/steps": 1, "morphnet/strength": record["strength"],
+                "morphnet/cost": record["cost"], "morphnet/threshold": record["threshold"],
+                "morphnet/epochs": record["epochs"], "morphnet/omega": record["omega"],
+                "morphnet/shrunk_params": record["shrunk"]["params"],
+                "morphnet/shrunk_macs": record["shrunk"]["macs"],
+                "morphnet/shrunk_widths": widths(record["shrunk"]["widths"]),
+                "morphnet/widths": widths(record["expanded"]["widths"])}
 
 
 def _short_term(model: nn.Module, data: DataBundle, train_cfg: DictConfig, rt: Runtime, iters: int,
@@ -175,11 +237,12 @@ def _netadapt(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtime, 
         record = NetAdaptLog(na.resource, unit, start, target, na.init_reduction * start, na.decay)
         record.save(log_path)
 
+    criterion = instantiate(comp.criterion)
     calib = calibration_batches(data.train, comp.calib_images, data.mean, data.std,
-                                seed=cfg.seed) if comp.criterion in DATA_DRIVEN else None
+                                seed=cfg.seed) if criterion.data_driven else None
 
     def prune(m: nn.Module, widths: dict[str, int], step: int) -> nn.Module:
-        return rt.prepare(prune_to_widths(m.cpu().float(), widths, example, comp.criterion, calib,
+        return rt.prepare(prune_to_widths(m.cpu().float(), widths, example, criterion, calib,
                                           cfg.seed + step))
 
     def save_table() -> None:
@@ -228,8 +291,8 @@ def _morphnet(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtime, 
     penalty = GammaPenalty(groups, graph, mn.strength, mn.threshold, mn.cost)
     ckpt = run_dir / "checkpoints" / "morphnet"
     try:
-        fit(model, data, OmegaConf.merge(cfg.train, {"epochs": mn.epochs}), rt, ckpt, cfg.seed,
-            hooks=[penalty])
+        fit_from_config(model, data, cfg.train, rt, ckpt, cfg.seed, epochs=mn.epochs,
+                        hooks=[penalty])
     finally:
         penalty.remove()
     # the sparsified weights are the last epoch's, not the best validation epoch's
@@ -240,10 +303,11 @@ def _morphnet(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtime, 
                          num_base, sc.budget.lam, sc.budget.value)
     omega, widths, next_cost = fit_to_budget(graph, shrunk, budget.value, budget.unit, min_width,
                                              round_to)
+    criterion = instantiate(comp.criterion)
     calib = calibration_batches(data.train, comp.calib_images, data.mean, data.std,
-                                seed=cfg.seed) if comp.criterion in DATA_DRIVEN else None
+                                seed=cfg.seed) if criterion.data_driven else None
     model = prune_to_widths(model.cpu().float(), graph.layer_widths(widths), example,
-                            comp.criterion, calib, cfg.seed)
+                            criterion, calib, cfg.seed)
     shrunk_cost, cost = graph.cost(shrunk), graph.cost(widths)
     record = {"strength": mn.strength, "cost": mn.cost, "threshold": mn.threshold,
               "epochs": mn.epochs, "budget": budget.as_dict(), "omega": omega,
@@ -257,67 +321,42 @@ def _morphnet(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtime, 
     return model, widths, budget, record
 
 
-def search_metrics(method: str, record: dict, criterion: str, init: str) -> dict:
-    """Flat metrics (metrics.json) of a search record (netadapt.json / morphnet.json)."""
-    out: dict = {"prune/criterion": criterion, "prune/init": init}
-    if method == "netadapt":
-        steps = record["steps"]
-        out.update({"prune/steps": len(steps), "netadapt/resource": record["resource"],
-                    "netadapt/unit": record["unit"], "netadapt/start": record["start"],
-                    "netadapt/target": record["target"],
-                    "netadapt/final": steps[-1]["resource"] if steps else record["start"]})
-        out.update({f"netadapt/{k}": v for k, v in record.get("extra", {}).items()})
-        for s in steps:
-            i = s["step"]
-            out.update({f"netadapt/step{i}/group": s["group"], f"netadapt/step{i}/width": s["width_to"],
-                        f"netadapt/step{i}/resource": s["resource"], f"netadapt/step{i}/score": s["score"]})
-        return out
-    out.update({"prune/steps": 1, "morphnet/strength": record["strength"],
-                "morphnet/cost": record["cost"], "morphnet/threshold": record["threshold"],
-                "morphnet/epochs": record["epochs"], "morphnet/omega": record["omega"],
-                "morphnet/shrunk_params": record["shrunk"]["params"],
-                "morphnet/shrunk_macs": record["shrunk"]["macs"],
-                "morphnet/shrunk_widths": " ".join(f"{g}:{w}" for g, w in record["shrunk"]["widths"].items()),
-                "morphnet/widths": " ".join(f"{g}:{w}" for g, w in record["expanded"]["widths"].items())})
-    return out
+def found(method: _Search, record: dict, comp: DictConfig) -> dict:
+    return {"prune/criterion": comp.criterion.name, "prune/init": comp.init,
+            **method.metrics(record)}
 
 
-def stage_search(ctx: Context) -> tuple[nn.Module, WidthPlan, dict]:
-    """compression=netadapt / morphnet: find the widths, prune the baseline to them.
+def stage_search(ctx: Context, method: _Search) -> tuple[nn.Module, WidthPlan, dict]:
+    """compression=netadapt / morphnet: find the widths (``method``), prune the baseline to them.
 
     Returns (the pruned model, ready to train; its WidthPlan; flat metrics, the plan's
     included). Artifacts: groups.json, the method's record, plan.json,
     checkpoints/pruned.pt; a rerun with all of them present only reloads them.
     """
-    cfg, data, rt, run_dir, model = ctx.cfg, ctx.data, ctx.rt, ctx.run_dir, ctx.model
+    cfg, rt, run_dir, model = ctx.cfg, ctx.rt, ctx.run_dir, ctx.model
     comp, sc, size = cfg.compression, cfg.scaling, ctx.input_size
     base_cost = {"params": count_params(model), "macs": count_macs(model, size)}
     ctx.to_nway(model)
     example = ctx.example()
     graph = analyze_nway(ctx, prunable=True)  # the result is pruned
     final, plan_path, record_path = (run_dir / "checkpoints" / "pruned.pt", run_dir / "plan.json",
-                                     run_dir / f"{comp.name}.json")
+                                     run_dir / f"{method.name}.json")
     if final.exists() and plan_path.exists() and record_path.exists():
-        log.info("stage artifact %s exists: skipping %s", final.name, comp.name)
+        log.info("stage artifact %s exists: skipping %s", final.name, method.name)
         record = json.loads(record_path.read_text())
         plan = WidthPlan.load(plan_path)
         return (rt.prepare(load_pruned(final, ctx.nway_arch, example)), plan,
-                {**plan_metrics(plan), **search_metrics(comp.name, record, comp.criterion, comp.init)})
-    if comp.name == "netadapt":
-        model, widths, budget, record = _netadapt(cfg, model, data, rt, run_dir, graph, example,
-                                                  ctx.nway_arch)
-    else:
-        model, widths, budget, record = _morphnet(cfg, model, data, rt, run_dir, graph, example,
-                                                  base_cost)
+                {**plan_metrics(plan), **found(method, record, comp)})
+    model, widths, budget, record = method.find(ctx, model, graph, example, base_cost)
     scaler = Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), bottleneck=False)
-    plan = scaler.plan_from_group_widths(widths, comp.name, budget, base_cost)
+    plan = scaler.plan_from_group_widths(widths, method.name, budget, base_cost)
     plan.save(plan_path)
     log.info("%s", plan.table())
     model = model.cpu()
     if comp.init == "scratch":  # the pruned architecture re-initialised (the builder's own init)
         reinitialize(model, cfg.seed, family_init(cfg.model.arch["_target_"]))
-    check_plan_cost(model, plan, size, comp.name, params=not train_only_layers(model, example))
-    save_pruned(final, model, plan.widths(), {"method": comp.name, "criterion": comp.criterion,
+    check_plan_cost(model, plan, size, method.name, params=not train_only_layers(model, example))
+    save_pruned(final, model, plan.widths(), {"method": method.name, "criterion": comp.criterion.name,
                                               "init": comp.init})
     return (rt.prepare(model), plan,
-            {**plan_metrics(plan), **search_metrics(comp.name, record, comp.criterion, comp.init)})
+            {**plan_metrics(plan), **found(method, record, comp)})

@@ -8,15 +8,17 @@ import json
 import logging
 
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from rsnet import distributed, report
 from rsnet.distill import DistillationLoss, misc_calibration
 from rsnet.models.widths import build_at_widths
 from rsnet.plan import check_plan_cost
 from rsnet.compress.sparsity import MagnitudePruner
+from rsnet.data import DataBundle
 from rsnet.stages.context import Context
-from rsnet.train import fit, predict
+from rsnet.train import Runtime, fit, make_loader, predict
 from rsnet.fileio import atomic_torch_save, atomic_write_json, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -105,5 +107,21 @@ def fit_n_way(ctx: Context, model: torch.nn.Module) -> list[dict]:
     cfg = ctx.cfg
     hooks = [magnitude_pruner(ctx, model)] if cfg.compression.sparsity.enabled else []
     distill = distillation(ctx) if cfg.train.distill.enabled else None
-    return fit(model, ctx.data, cfg.train, ctx.rt, ctx.run_dir / "checkpoints", cfg.seed,
-               distill=distill, hooks=hooks)
+    return fit_from_config(model, ctx.data, cfg.train, ctx.rt, ctx.run_dir / "checkpoints",
+                           cfg.seed, distill=distill, hooks=hooks)
+
+
+def fit_from_config(model: torch.nn.Module, data: DataBundle, train: DictConfig, rt: Runtime,
+                    ckpt_dir, seed: int, *, epochs: int | None = None, **kwargs) -> list[dict]:
+    """:func:`rsnet.train.fit` with the loss, optimizer and schedule that ``train.*``
+    configures (conf/train/), built here: the one place a training config becomes objects.
+    ``epochs`` replaces train.epochs (e.g. the fine-tuning between pruning steps)."""
+    epochs = train.epochs if epochs is None else epochs
+    loss = instantiate(train.loss)
+    optimizer = instantiate(train.optimizer)(model.parameters())
+    loader = make_loader(data.train, data, train.batch_size, rt, train=True, seed=seed)
+    scheduler = instantiate(train.scheduler)(optimizer, total_steps=epochs * len(loader),
+                                             steps_per_epoch=len(loader))
+    return fit(model, data, optimizer, scheduler, loss, epochs=epochs, loader=loader, rt=rt,
+               ckpt_dir=ckpt_dir, seed=seed, aux_weight=train.aux_weight,
+               select_on=train.select_on, eval_batch_size=train.eval_batch_size, **kwargs)

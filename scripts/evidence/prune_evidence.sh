@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python scripts/run.py experiment=resnet56_finetune progress=false
-python scripts/run.py -m experiment=resnet56_prune_half compression.criterion=l1,hrank,taylor,random progress=false
+python scripts/run.py -m experiment=resnet56_prune_half compression/criterion=l1,hrank,taylor,random progress=false
 python scripts/run.py experiment=resnet56_prune_half compression.init=scratch progress=false
 python scripts/run.py experiment=resnet56_prune_half train.distill.enabled=true progress=false
 python scripts/tables.py prune outputs/runs/resnet56_finetune outputs/multirun/resnet56_prune_half \

@@ -17,7 +17,7 @@ base=outputs/runs/wrn_cifar_baseline/wrn16_2_e$BASE_EPOCHS
 python scripts/run.py experiment=wrn_cifar_baseline $WRN train.epochs=$BASE_EPOCHS progress=false \
     hydra.run.dir=$base
 python scripts/run.py -m experiment=wrn_prune_half $WRN model.checkpoint=$base/checkpoints/model.pt \
-    compression.criterion=l1,random train.epochs=$FT_EPOCHS progress=false
+    compression/criterion=l1,random train.epochs=$FT_EPOCHS progress=false
 python scripts/run.py experiment=wrn_prune_half $WRN model.checkpoint=$base/checkpoints/model.pt \
     compression.init=scratch train=scratch train.optimizer.lr=0.1 train.epochs=$BASE_EPOCHS progress=false \
     hydra.run.dir=outputs/runs/wrn_prune_half/scratch_e$BASE_EPOCHS

@@ -4,9 +4,11 @@
 # every run with the strong 200-class Psi as model.checkpoint (so each also reports Psi as an
 # N-way model, its logits mapped, misc by a calibrated threshold) and a fifth of the
 # out-of-scope classes held out as unseen (experiment=*_rs):
-#   1. Psi' (rs) and uniform scaling at lambda = 0.045, trained from scratch (the thesis's way);
-#   2. Psi' (rs) carved out of Psi (L1) and fine-tuned, with and without distillation;
-#   3. Psi fine-tuned on the subset at full width (the ceiling);
+#   1. Psi' (rs) and uniform scaling at lambda = 0.045, trained from scratch (recipe=scratch,
+#      the thesis's way);
+#   2. Psi' (rs) carved out of Psi (L1) and fine-tuned, with and without distillation
+#      (recipe=carve, the default);
+#   3. Psi fine-tuned on the subset at full width (recipe=finetune, the ceiling);
 #   4. the misc multiplier (1, 3, 9) of the distilled carve, N = 10, and the thesis's
 #      all-misc test set (every out-of-scope test image);
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
@@ -29,14 +31,11 @@ for f in $FAMILIES; do
     psi=${!psi_var:-${ARCH[$f]}_tiny200.pt}
     sweep="python scripts/run.py -m experiment=${f}_rs model.checkpoint=$psi seed=$SEEDS progress=false ${EXTRA:-}"
     dir="hydra.sweep.dir=$RUNS/specialise_$f"
-    $sweep "$dir" dataset.num_classes=$NS scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
-    $sweep "$dir" dataset.num_classes=$NS compression=prune train=finetune train.epochs=$FT_EPOCHS \
-        train.distill.enabled=false,true
-    $sweep "$dir" dataset.num_classes=$NS scaling=none train=finetune train.epochs=$FT_EPOCHS
-    $sweep "$dir" dataset.num_classes=10 compression=prune train=finetune train.epochs=$FT_EPOCHS \
-        train.distill.enabled=true dataset.misc_multiplier=3,9
-    $sweep "$dir" dataset.num_classes=10 compression=prune train=finetune train.epochs=$FT_EPOCHS \
-        train.distill.enabled=true dataset.misc_test=all
+    $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
+    $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS train.distill.enabled=false,true
+    $sweep "$dir" dataset.num_classes=$NS recipe=finetune train.epochs=$FT_EPOCHS
+    $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_multiplier=3,9
+    $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_test=all
     python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
     python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
 done
