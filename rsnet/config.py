@@ -190,6 +190,9 @@ class LatencyConfig:
 class ExportConfig:
     name: str = "none"  # none | onnx (fp32) | int8 (fp32 + static int8); see conf/export/
     exporter: Any = None  # {_target_: a rsnet.stages.export.Exporter}; None: no export
+    # runtimes measured beside ONNX Runtime: {name: {_target_: a rsnet.deploy.runtimes
+    # DeployRuntime}}, from the group conf/export/runtimes/ (export/runtimes=[openvino])
+    runtimes: Any = field(default_factory=dict)
     opset: int = 18
     dynamic_batch: bool = True
     compact: bool = True  # short internal tensor names in the ONNX files (smaller; see docs/deployment.md)

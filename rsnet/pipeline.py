@@ -98,8 +98,25 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     atomic_write_json(marker, {"fingerprint": fp})
 
 
+def check_group_names(cfg: DictConfig) -> None:
+    """``scaling.name``, ``compression.name`` and ``export.name`` are labels that the chosen
+    file of the group sets: given on their own (``export.name=tflite``) they would change
+    nothing, so they must match the group's choice (known when Hydra's command line runs)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    for group in ("scaling", "compression", "export"):
+        chosen = choices.get(group)
+        if chosen is not None and cfg[group].name != chosen:
+            raise RsnetError(f"{group}.name={cfg[group].name!r} does not choose the {group}: "
+                             f"use {group}=<name> (the files in conf/{group}/; this run has "
+                             f"{group}={chosen})")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Combinations that cannot work, reported before any expensive stage runs."""
+    check_group_names(cfg)
     compression_method(cfg).check(cfg)
     check_select_on(cfg.train.select_on)
     if cfg.export.int8 and cfg.export.calib_method not in CALIB_METHODS:

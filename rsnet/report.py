@@ -53,19 +53,37 @@ def _ms(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+RUNTIME_LABELS = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def _runtimes(metrics: dict) -> list[str]:
+    """The deployment runtimes a run measured, ONNX Runtime first."""
+    names = {k.split("/")[1].rsplit("_fp32_b", 1)[0] for k in metrics
+             if k.startswith("latency/") and "_fp32_b" in k}
+    return ["ort"] + sorted(names - {"ort", "torch", "baseline_torch"})
+
+
 def deployment_lines(metrics: dict) -> list[str]:
-    """The export stage's table: PyTorch eager vs ONNX Runtime fp32 / int8 (size, accuracy, latency)."""
+    """The export stage's table: PyTorch eager and every runtime's fp32 / int8 (size, accuracy,
+    latency), and what int8 gives over the same runtime's fp32."""
     if "export/onnx_bytes" not in metrics:
         return []
     batches = sorted(int(k.split("_b")[1].split("_")[0]) for k in metrics
                      if k.startswith("latency/torch_fp32_b"))
     rows = [("baseline, PyTorch eager fp32", "baseline_torch_fp32", None, None)] \
         if "latency/baseline_torch_fp32_b1_ms" in metrics else []
-    rows += [("PyTorch eager fp32", "torch_fp32", None, "test/acc"),
-            ("ONNX Runtime fp32", "ort_fp32", "export/onnx_bytes", "onnx/test/acc")]
-    if "int8/bytes" in metrics:
-        rows.append((f"ONNX Runtime int8 ({metrics['int8/calib_method']})", "ort_int8", "int8/bytes",
-                     "int8/test/acc"))
+    rows.append(("PyTorch eager fp32", "torch_fp32", None, "test/acc"))
+    int8 = "int8/bytes" in metrics
+    for rt in _runtimes(metrics):
+        label = RUNTIME_LABELS.get(rt, rt)
+        fp32_acc, int8_acc = ("onnx/test/acc", "int8/test/acc") if rt == "ort" else \
+            (f"{rt}/test/acc", f"{rt}_int8/test/acc")
+        precision = metrics.get(f"{rt}/precision")
+        rows.append((f"{label} fp32" + (f" (runs {precision})" if precision else ""),
+                     f"{rt}_fp32", "export/onnx_bytes", fp32_acc))
+        if int8:
+            rows.append((f"{label} int8 ({metrics['int8/calib_method']})", f"{rt}_int8",
+                         "int8/bytes", int8_acc))
     lines = ["", f"## Deployment ({metrics.get('latency/threads')} threads)", "",
              f"ONNX opset {metrics['export/opset']}, verified on {metrics['export/verify_images']:,} "
              f"test images: max |logit difference| {metrics['export/max_abs_diff']:.2e}, top-1 "
@@ -77,11 +95,15 @@ def deployment_lines(metrics: dict) -> list[str]:
         lat = " | ".join(_ms(metrics.get(f"latency/{key}_b{b}_ms")) for b in batches)
         lines.append(f"| {label} | {_fmt(metrics.get(size)) if size else '-'} | "
                      f"{_fmt(metrics.get(acc)) if acc else '-'} | {lat} |")
-    if "int8/bytes" in metrics:
-        t, q = metrics.get("latency/torch_fp32_b1_ms"), metrics.get("latency/ort_int8_b1_ms")
-        speed = f"; int8 speed-up over PyTorch eager fp32 at batch 1: {t / q:.2f}x" if t and q else ""
+    if int8:
         lines += ["", f"int8: {metrics['int8/size_ratio']:.3f}x the fp32 file, top-1 agreement with "
-                  f"fp32 {metrics['int8/top1_agreement']:.4f} on the test set{speed}."]
+                  f"fp32 {metrics['int8/top1_agreement']:.4f} on the test set (ONNX Runtime)."]
+        for rt in _runtimes(metrics):  # int8 against the same runtime's fp32: a fair speed-up
+            ratios = [(b, metrics.get(f"latency/{rt}_fp32_b{b}_ms"), metrics.get(f"latency/{rt}_int8_b{b}_ms"))
+                      for b in batches]
+            text = ", ".join(f"{f / q:.2f}x at batch {b}" for b, f, q in ratios if f and q)
+            if text:
+                lines.append(f"- {RUNTIME_LABELS.get(rt, rt)}: int8 speed-up over its own fp32: {text}.")
     return lines
 
 

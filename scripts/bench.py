@@ -9,9 +9,11 @@ the thesis's GoogLeNet (227 px, C = 1000, BN without scale) and the 64 px GoogLe
 MobileNet (C = 200), lambda 0.045 and 0.25, N = 5, 10, 15, 20.
 
 ``deploy``: for each run (an experiment name plus overrides), the pipeline with its export
-stage (run directories under outputs/bench/deploy/, resumed when rerun): file sizes, ONNX
-Runtime fp32 and int8 test accuracy and agreement, latency of PyTorch eager fp32 and ONNX
-Runtime fp32 / int8 at batch 1 and 32 (2 threads, median of 100 runs).
+stage on every runtime (ONNX Runtime and OpenVINO; run directories under
+outputs/bench/deploy/, resumed when rerun): file sizes, fp32 and int8 test accuracy per
+runtime, latency at batch 1 and 32 (2 threads, median of 100 runs), int8's speed-up over the
+same runtime's fp32, and each run's latency as a fraction of the first run's (Psi) on the same
+runtime and batch, beside its fraction of the MACs; the CPU's int8 / bf16 flags.
 
 ``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and each of
 --modes (fp32, bf16 + channels_last; fp16 + channels_last on CUDA) on --device:
@@ -225,16 +227,34 @@ def bench_plan(args) -> dict:
 
 DEPLOY_KEYS = ("model/params", "model/macs", "test/acc", "onnx/test/acc", "int8/test/acc",
                "int8/top1_agreement", "export/max_abs_diff", "export/onnx_bytes", "int8/bytes",
-               "int8/size_ratio", "latency/threads")
+               "int8/size_ratio", "latency/threads", "openvino/precision", "openvino/test/acc",
+               "openvino_int8/test/acc")
+RUNTIMES = [("PyTorch eager", "torch", "test/acc", None), ("ONNX Runtime", "ort", "onnx/test/acc", "int8/test/acc"),
+            ("OpenVINO", "openvino", "openvino/test/acc", "openvino_int8/test/acc")]
+
+
+def cpu_flags() -> dict:
+    """The CPU's int8 / bf16 instruction sets (they decide what int8 and bf16 can gain)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return {}
+    names = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+             "amx_bf16")
+    return {n: n in flags for n in names}
 
 
 def bench_deploy(args) -> dict:
-    """The pipeline up to its export stage, per run; the deployment metrics of each."""
+    """The pipeline up to its export stage, per run (every runtime: export/runtimes=[openvino]);
+    the deployment metrics of each, and every run's latency relative to the first run (Psi)."""
     from rsnet.pipeline import run
 
     rows = []
     for spec in args.runs:
         experiment, *overrides = spec.split()
+        if not any(o.startswith("export/runtimes") for o in overrides):
+            overrides.append("export/runtimes=[openvino]")
         cfg = compose_cfg(f"experiment={experiment}", "progress=false", *overrides)
         if not cfg.export.int8:
             raise SystemExit(f"bench deploy: run {spec!r} has export={cfg.export.name}; add export=int8")
@@ -245,23 +265,59 @@ def bench_deploy(args) -> dict:
                **{k: v for k, v in m.items() if k.startswith("latency/") and k.endswith("_ms")}}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    return {"rows": rows}
+    return {"rows": deploy_ratios(rows)}
+
+
+def deploy_ratios(rows: list[dict]) -> list[dict]:
+    """Adds to each row ``int8_speedup/<runtime>_int8_b<B>`` (the same runtime's fp32 latency
+    over its int8 latency) and ``vs_first/<key>`` (latency and MACs over the first row's)."""
+    for r in rows:
+        for k in [k for k in r if k.startswith("latency/") and "_int8_b" in k]:
+            fp32 = r.get(k.replace("_int8_b", "_fp32_b"))
+            r[k.replace("latency/", "int8_speedup/").removesuffix("_ms")] = fp32 / r[k] if fp32 else None
+        for k in [k for k in r if k.startswith("latency/") and k.endswith("_ms")]:
+            ref = rows[0].get(k)
+            r[k.replace("latency/", "vs_first/").removesuffix("_ms")] = r[k] / ref if ref else None
+        r["vs_first/macs"] = r["model/macs"] / rows[0]["model/macs"]
+    return rows
+
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def deploy_markdown(result: dict) -> str:
-    lines = ["| run | params | MACs | fp32 file (B) | int8 file (B) | int8/fp32 size | "
-             "acc ORT fp32 | acc ORT int8 | int8-fp32 agreement | batch | PyTorch fp32 (ms) | "
-             "ORT fp32 (ms) | ORT int8 (ms) | int8 vs PyTorch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        batches = sorted(int(k.split("_b")[1].split("_")[0]) for k in r if k.startswith("latency/torch_fp32_b"))
-        for i, b in enumerate(batches):
-            t, f, q = (r[f"latency/{k}_b{b}_ms"] for k in ("torch_fp32", "ort_fp32", "ort_int8"))
-            head = (f"| `{r['run']}` | {r['model/params']:,} | {r['model/macs']:,} | "
-                    f"{r['export/onnx_bytes']:,} | {r['int8/bytes']:,} | {r['int8/size_ratio']:.3f} | "
-                    f"{r['onnx/test/acc']:.4f} | {r['int8/test/acc']:.4f} | {r['int8/top1_agreement']:.4f}"
-                    if i == 0 else "| | | | | | | | |")
-            lines.append(f"{head} | {b} | {t:.2f} | {f:.2f} | {q:.2f} | {t / q:.1f}x |")
+    """Per run and runtime: accuracy, fp32 and int8 latency, int8's speed-up over the same
+    runtime's fp32; then each run's latency and MACs as a fraction of the first run's."""
+    rows = result["rows"]
+    batches = sorted({int(k.split("_b")[-1].removesuffix("_ms")) for r in rows for k in r
+                      if k.startswith("latency/torch_fp32_b")})
+    lines = ["| run | runtime | acc fp32 | acc int8 | " + " | ".join(
+        f"b{b} fp32 (ms) | b{b} int8 (ms) | b{b} int8 speed-up" for b in batches) + " |",
+        "|---|---|---:|---:|" + "---:|" * (3 * len(batches))]
+    for r in rows:
+        for label, key, acc, acc8 in RUNTIMES:
+            if f"latency/{key}_fp32_b{batches[0]}_ms" not in r:
+                continue
+            cells = []
+            for b in batches:
+                cells += [_f(r.get(f"latency/{key}_fp32_b{b}_ms"), ".2f"),
+                          _f(r.get(f"latency/{key}_int8_b{b}_ms"), ".2f"),
+                          _f(r.get(f"int8_speedup/{key}_int8_b{b}"), ".2f") + ("x" if r.get(f"int8_speedup/{key}_int8_b{b}") else "")]
+            lines.append(f"| `{r['run']}` | {label} | {_f(r.get(acc), '.4f')} | "
+                         f"{_f(r.get(acc8), '.4f') if acc8 else '-'} | " + " | ".join(cells) + " |")
+    if len(rows) > 1:
+        lines += ["", f"Latency as a fraction of `{rows[0]['run']}`'s on the same runtime and batch "
+                  "(MACs: the fraction of its MACs):", "",
+                  "| run | MACs | " + " | ".join(f"{label} fp32 b{b} | {label} int8 b{b}"
+                                               for label, key, _, _ in RUNTIMES[1:] for b in batches) + " |",
+                  "|---|---:|" + "---:|" * (2 * len(batches) * (len(RUNTIMES) - 1))]
+        for r in rows[1:]:
+            cells = [_f(r.get(f"vs_first/{key}_{kind}_b{b}"), ".3f") for _, key, _, _ in RUNTIMES[1:]
+                     for b in batches for kind in ("fp32", "int8")]
+            lines.append(f"| `{r['run']}` | {r['vs_first/macs']:.3f} | " + " | ".join(cells) + " |")
+    flags = result["machine"].get("cpu_flags") or {}
+    lines += ["", "CPU: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())]
     return "\n".join(lines)
 
 
@@ -309,7 +365,8 @@ def main() -> None:
     args = p.parse_args()
     machine = {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                "torch": torch.__version__, "processor": platform.processor(),
-               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+               "cpu_flags": cpu_flags()}
     result = {"section": args.section, "machine": machine,
               "args": {k: str(v) for k, v in vars(args).items()}}
     sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),

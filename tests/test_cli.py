@@ -180,6 +180,24 @@ def test_export_int8_of_a_pruned_model_is_verified_measured_and_reported(tmp_pat
     assert clf.misc_label == 0 and clf.class_names[0] == "misc"
 
 
+def test_every_chosen_runtime_is_verified_evaluated_timed_and_reported(tmp_path):
+    res = run(tmp_path, *TINY, "train.epochs=1", "train.precision=fp32", "export=int8",
+              "export/runtimes=[openvino]", *EXPORT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["openvino/precision"] == "f32" and m["openvino/top1_agreement"] == 1.0
+    assert m["openvino/max_abs_diff"] < 1e-3
+    # the same fp32 file on both runtimes scores the same on the test set
+    assert abs(m["openvino/test/acc"] - m["onnx/test/acc"]) <= 1 / m["data/test_images"] + 1e-9
+    assert m["openvino_int8/top1_agreement"] >= 0.9 and "openvino_int8/test/acc_local" in m
+    for kind in ("openvino_fp32", "openvino_int8"):
+        assert m[f"latency/{kind}_b1_ms"] > 0 and m[f"latency/{kind}_b4_ms"] > 0
+    summary = (d / "summary.md").read_text()
+    assert "| OpenVINO fp32 (runs f32) |" in summary and "| OpenVINO int8 (minmax) |" in summary
+    assert "OpenVINO: int8 speed-up over its own fp32:" in summary
+
+
 def test_an_export_that_disagrees_fails_and_leaves_no_result(tmp_path):
     res = run(tmp_path, *TINY, "export=onnx", "export.atol=-1", *EXPORT)
     assert res.returncode == 2 and "export.atol" in res.stderr and "Traceback" not in res.stderr

@@ -87,11 +87,15 @@ def test_thesis_tables_show_psi_each_policy_and_missing_runs(tmp_path):
     assert (t / "acc_vs_macs.png").stat().st_size > 1000
 
 
-def load_tables():
-    spec = importlib.util.spec_from_file_location("tables", REPO / "scripts" / "tables.py")
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_tables():
+    return load_script("tables")
 
 
 def stats_cli(*args):
@@ -299,3 +303,24 @@ def test_learning_curves_of_a_finished_and_a_running_run(tmp_path):
     csv_b = (tmp_path / "c" / "b.csv").read_text().splitlines()
     assert len(csv_b) == 3 and csv_b[2].startswith("2,") and "0.1000" in csv_b[2]
     assert (tmp_path / "c" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_deploy_compares_int8_with_the_same_runtime_and_psi_prime_with_psi():
+    bench = load_script("bench")
+    psi = {"run": "psi", "model/macs": 1000, "test/acc": 0.8, "onnx/test/acc": 0.8,
+           "int8/test/acc": 0.79, "latency/torch_fp32_b1_ms": 10.0, "latency/ort_fp32_b1_ms": 4.0,
+           "latency/ort_int8_b1_ms": 5.0, "latency/openvino_fp32_b1_ms": 2.0,
+           "latency/openvino_int8_b1_ms": 1.0}
+    small = {**psi, "run": "psi'", "model/macs": 100, "latency/ort_fp32_b1_ms": 1.0,
+             "latency/ort_int8_b1_ms": 1.0, "latency/openvino_fp32_b1_ms": 0.5,
+             "latency/openvino_int8_b1_ms": 0.4}
+    rows = bench.deploy_ratios([psi, small])
+    assert rows[0]["int8_speedup/ort_int8_b1"] == pytest.approx(0.8)  # int8 slower than fp32
+    assert rows[0]["int8_speedup/openvino_int8_b1"] == pytest.approx(2.0)
+    assert rows[1]["vs_first/ort_fp32_b1"] == pytest.approx(0.25)
+    assert rows[1]["vs_first/openvino_int8_b1"] == pytest.approx(0.4)
+    assert rows[1]["vs_first/macs"] == pytest.approx(0.1)
+    text = bench.deploy_markdown({"rows": rows, "machine": {"cpu_flags": {"amx_int8": False}}})
+    assert "| `psi` | OpenVINO | - | - | 2.00 | 1.00 | 2.00x |" in text
+    assert "| `psi'` | 0.100 | 0.250 | 0.200 | 0.250 | 0.400 |" in text
+    assert "amx_int8 no" in text

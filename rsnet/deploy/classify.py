@@ -1,6 +1,8 @@
-"""Classify image files with a model exported by rsnet (ONNX Runtime on the CPU).
+"""Classify image files with a model exported by rsnet (ONNX Runtime on the CPU, or another
+deployment runtime of rsnet.deploy.runtimes with ``--runtime``).
 
     rsnet-classify outputs/runs/<run>/export/model_int8.onnx photo1.jpg photo2.png --top 3
+    rsnet-classify --runtime openvino MODEL.onnx IMAGE [IMAGE ...]
     python -m rsnet.deploy.classify MODEL.onnx IMAGE [IMAGE ...]
 
 The model file carries its class names (the misc class, when the model has one, is named
@@ -23,10 +25,12 @@ import torch
 
 from rsnet.data.sources import decode_image
 from rsnet.deploy.onnx_io import open_session, read_metadata
+from rsnet.deploy.runtimes import DeployRuntime, OpenVINO
 from rsnet.errors import RsnetError
 from rsnet.openset import decide
 
 REQUIRED = ("class_names", "input_size", "mean", "std")
+RUNTIMES = {"ort": None, "openvino": OpenVINO()}  # --runtime: None = ONNX Runtime
 
 
 class Classifier:
@@ -34,12 +38,18 @@ class Classifier:
 
     >>> clf = Classifier("export/model_int8.onnx")
     >>> clf.classify(["cat.jpg"], top=2)  # [[("cat", 0.91), ("misc", 0.05)]]
+    >>> Classifier("export/model_int8.onnx", runtime=OpenVINO())  # on OpenVINO instead
+
+    The metadata is read with ONNX Runtime whichever runtime then runs the model.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, use_threshold: bool = True):
+    def __init__(self, path: str | Path, threads: int | None = None, use_threshold: bool = True,
+                 runtime: DeployRuntime | None = None):
         self.path = Path(path)
         self.session = open_session(self.path, threads)
         meta = read_metadata(self.session)
+        self.input_name = self.session.get_inputs()[0].name
+        self.predictor = None if runtime is None else runtime.open(self.path, threads or 1)
         missing = [k for k in REQUIRED if k not in meta]
         if missing:
             raise RsnetError(f"{self.path} carries no rsnet metadata ({', '.join(missing)} missing): "
@@ -49,7 +59,6 @@ class Classifier:
         self.input_size: int = int(meta["input_size"])
         self.mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
         self.std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
-        self.input_name = self.session.get_inputs()[0].name
         # the calibrated misc decision (absent in models without misc or exported before it)
         self.misc_score: str | None = meta.get("misc_score") if use_threshold else None
         self.misc_threshold: float | None = meta.get("misc_threshold") if use_threshold else None
@@ -67,9 +76,14 @@ class Classifier:
 
     def logits(self, files: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
         """The model's logits (n, classes) for image files."""
-        out = [self.session.run(None, {self.input_name: self.preprocess(files[i:i + batch_size])})[0]
+        out = [self._run(self.preprocess(files[i:i + batch_size]))
                for i in range(0, len(files), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.predictor is not None:
+            return self.predictor(x)
+        return self.session.run(None, {self.input_name: x})[0]
 
     @staticmethod
     def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -106,14 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("model", type=Path, help="an ONNX file exported by rsnet (fp32 or int8)")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=1, help="classes to show per image")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--runtime", choices=sorted(RUNTIMES), default="ort",
+                   help="the runtime that runs the model (openvino: pip install -e \".[openvino]\")")
     p.add_argument("--argmax", action="store_true",
                    help="answer by plain argmax, ignoring the calibrated misc threshold")
     args = p.parse_args(argv)
     if args.top < 1:
         p.error(f"--top {args.top}: give at least 1")
     try:
-        clf = Classifier(args.model, args.threads, use_threshold=not args.argmax)
+        clf = Classifier(args.model, args.threads, use_threshold=not args.argmax,
+                         runtime=RUNTIMES[args.runtime])
         results = clf.classify(args.images, args.top)
     except RsnetError as e:
         print(f"rsnet error: {e}", file=sys.stderr)

@@ -110,8 +110,9 @@ def _from_rank0(make: Callable[[], torch.nn.Module], rt: Runtime) -> torch.nn.Mo
 
 def carve(ctx: Context) -> torch.nn.Module:
     """Carve the plan out of the trained baseline (compression=prune): keep the most important
-    filters by ``compression.criterion`` (a :class:`~rsnet.compress.criteria.Criterion`), in ``compression.steps`` steps with fine-tuning
-    between them; ``compression.init=scratch`` re-initialises the pruned network instead.
+    filters by ``compression.criterion`` (a :class:`~rsnet.compress.criteria.Criterion`), in
+    ``compression.steps`` steps with fine-tuning between them; ``compression.init=scratch``
+    re-initialises the pruned network instead.
 
     Artifact: checkpoints/pruned.pt (state dict + widths, reloadable in a fresh process).
     """

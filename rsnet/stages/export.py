@@ -4,6 +4,7 @@ latency of PyTorch eager and ONNX Runtime (export/, export_metrics.json)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -13,6 +14,7 @@ from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader
 from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
 from rsnet.deploy.onnx_io import MainLogits
+from rsnet.deploy.runtimes import DeployRuntime, predict_logits, predictor_latency
 from rsnet.errors import RsnetError
 from rsnet.metrics import measure_latency, session_latency
 from rsnet.data.calibration import calibration_batches
@@ -54,6 +56,8 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     (export/model_int8.onnx) and its accuracy and agreement; latency of PyTorch eager fp32 and
     ONNX Runtime fp32 / int8 at ``export.latency.batch_sizes`` with a fixed thread count, and
     of the trained baseline in PyTorch eager fp32 beside them (``latency/baseline_...``).
+    Every runtime of ``export.runtimes`` (e.g. OpenVINO) is verified, evaluated and timed on
+    the same files the same way (:func:`runtime_metrics`).
     The misc threshold calibrated on validation (``threshold``) travels in the files' metadata,
     so a deployed model says misc as the evaluation did.
     """
@@ -63,16 +67,10 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     net = MainLogits(copy.deepcopy(model)).float().cpu().eval().to(memory_format=torch.contiguous_format)
     size, lat = cfg.model.input_size, ex.latency
     # PyTorch first: ONNX Runtime's idle thread pools would compete with it
-    torch_latency = {"latency/threads": lat.threads, **{
-        f"latency/torch_fp32_b{b}_ms": measure_latency(net, size, b, lat.runs, lat.warmup,
-                                                       threads=lat.threads)
-        for b in lat.batch_sizes}}
+    torch_latency = {"latency/threads": lat.threads, **_torch_latency(net, size, lat, "torch")}
     if ctx.baseline is not None:  # Psi in the same runtime, threads and batch sizes
         base = MainLogits(copy.deepcopy(ctx.baseline)).float().cpu().eval()
-        torch_latency.update({
-            f"latency/baseline_torch_fp32_b{b}_ms": measure_latency(
-                base, size, b, lat.runs, lat.warmup, threads=lat.threads)
-            for b in lat.batch_sizes})
+        torch_latency.update(_torch_latency(base, size, lat, "baseline_torch"))
     meta = {"class_names": data.class_names, "misc_label": data.misc_label, "input_size": size,
             "mean": list(data.mean), "std": list(data.std), "model": cfg.model.name,
             "dataset": cfg.dataset.name, "run": cfg.name}
@@ -85,29 +83,27 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     batches = calibration_batches(data.test, ex.verify_images, data.mean, data.std,
                                   batch_size=ex.eval_batch_size, seed=cfg.seed,
                                   setting="export.verify_images")
+    verify_x = [x for x, _ in batches]
     with torch.no_grad():
-        ref = torch.cat([net(x) for x, _ in batches])
-    got = onnx_logits(session, (x for x, _ in batches))
-    diff = (ref - got).abs().max().item()
-    agree = (ref.argmax(1) == got.argmax(1)).double().mean().item()
+        ref = torch.cat([net(x) for x in verify_x])
     out = {"export/format": "onnx", "export/opset": ex.opset, "export/verify_images": len(ref),
-           "export/max_abs_diff": diff, "export/top1_agreement": agree,
            "export/onnx_bytes": fp32.stat().st_size}
-    if diff > ex.atol or agree < ex.min_agreement:
+    try:
+        out.update(_verified("the ONNX export", ref, onnx_logits(session, verify_x), ex, "export"))
+    except RsnetError:
         fp32.unlink()
-        raise RsnetError(f"the ONNX export disagrees with PyTorch on {len(ref)} test images: max "
-                         f"|logit diff| {diff:.3g} (export.atol={ex.atol}), top-1 agreement "
-                         f"{agree:.4f} (export.min_agreement={ex.min_agreement}); the file was "
-                         f"removed. Loosen those settings only if you trust the difference")
+        raise
     fp32_test = onnx_logits(session, _split_batches(data, "test", ex.eval_batch_size))
     out.update({f"onnx/test/{k}": v for k, v in
                 split_metrics(fp32_test, data.test, data.misc_label).items()})
     sessions = {"fp32": session}
+    files = {"fp32": fp32}
     if ex.int8:
         calib = calibration_batches(data.train, ex.calib_images, data.mean, data.std,
                                     batch_size=32, seed=cfg.seed, setting="export.calib_images")
         int8 = quantize_int8(fp32, out_dir / "model_int8.onnx", [x.numpy() for x, _ in calib],
                              ex.calib_method, ex.per_channel, ex.compact)
+        files["int8"] = int8
         sessions["int8"] = open_session(int8, ex.latency.threads)
         int8_test = onnx_logits(sessions["int8"], _split_batches(data, "test", ex.eval_batch_size))
         out.update({f"int8/test/{k}": v for k, v in
@@ -120,4 +116,55 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     for b in lat.batch_sizes:
         for kind, sess in sessions.items():
             out[f"latency/ort_{kind}_b{b}_ms"] = session_latency(sess, size, b, lat.runs, lat.warmup)
+    del sessions, session  # their thread pools would compete with the next runtime's
+    for spec in (ex.runtimes or {}).values():
+        out.update(runtime_metrics(instantiate(spec), files, ref, verify_x, data, size, ex))
     return {**out, **torch_latency}
+
+
+def _torch_latency(net: torch.nn.Module, size: int, lat, key: str) -> dict:
+    return {f"latency/{key}_fp32_b{b}_ms": measure_latency(net, size, b, lat.runs, lat.warmup,
+                                                            threads=lat.threads)
+            for b in lat.batch_sizes}
+
+
+def _verified(what: str, ref: torch.Tensor, got: torch.Tensor, ex, prefix: str,
+              consequence: str = "the file was removed") -> dict:
+    """``{prefix}/max_abs_diff`` and ``{prefix}/top1_agreement`` of ``got`` against PyTorch's
+    ``ref``; an RsnetError when they miss export.atol / export.min_agreement."""
+    diff = (ref - got).abs().max().item()
+    agree = (ref.argmax(1) == got.argmax(1)).double().mean().item()
+    if diff > ex.atol or agree < ex.min_agreement:
+        raise RsnetError(f"{what} disagrees with PyTorch on {len(ref)} test images: max "
+                         f"|logit diff| {diff:.3g} (export.atol={ex.atol}), top-1 agreement "
+                         f"{agree:.4f} (export.min_agreement={ex.min_agreement}); {consequence}. "
+                         f"Loosen those settings only if you trust the difference")
+    return {f"{prefix}/max_abs_diff": diff, f"{prefix}/top1_agreement": agree}
+
+
+def runtime_metrics(runtime: DeployRuntime, files: dict[str, Path], ref: torch.Tensor,
+                    verify_x: list[torch.Tensor], data: DataBundle, size: int, ex) -> dict:
+    """One deployment runtime on the exported files (``{"fp32": path, "int8": path}``): fp32
+    verified against PyTorch like the ONNX export, test metrics of each file, int8's top-1
+    agreement with the runtime's own fp32, latency at every batch size with the same threads.
+    Keys: ``<name>/...``, ``<name>_int8/...``, ``latency/<name>_{fp32,int8}_b<B>_ms``."""
+    name, threads, lat = runtime.name, ex.latency.threads, ex.latency
+    fp32 = runtime.open(files["fp32"], threads)
+    out = {f"{name}/precision": fp32.info.get("precision")}
+    out.update(_verified(f"{name} running the ONNX export", ref, predict_logits(fp32, verify_x),
+                         ex, name, f"the file passed ONNX Runtime's check, so it stays; drop "
+                         f"{name} from export/runtimes to deploy without it"))
+    tests = {}
+    for kind, path in files.items():
+        pred = fp32 if kind == "fp32" else runtime.open(path, threads)
+        tests[kind] = predict_logits(pred, _split_batches(data, "test", ex.eval_batch_size))
+        key = name if kind == "fp32" else f"{name}_{kind}"
+        out.update({f"{key}/test/{k}": v for k, v in
+                    split_metrics(tests[kind], data.test, data.misc_label).items()})
+        for b in lat.batch_sizes:  # a static batch: the shape the runtime plans for
+            out[f"latency/{name}_{kind}_b{b}_ms"] = predictor_latency(
+                runtime.open(path, threads, b), size, b, lat.runs, lat.warmup)
+    if "int8" in tests:
+        out[f"{name}_int8/top1_agreement"] = \
+            (tests["int8"].argmax(1) == tests["fp32"].argmax(1)).double().mean().item()
+    return out

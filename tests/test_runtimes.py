@@ -1,0 +1,110 @@
+"""Deployment runtimes beside ONNX Runtime (rsnet.deploy.runtimes): parity of fp32 and int8
+files with ONNX Runtime, clear errors for a corrupt file and a missing runtime package, the
+Classifier on any runtime, and the report comparing int8 with the same runtime's fp32."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
+from rsnet.deploy.classify import Classifier, main as classify_main
+from rsnet.deploy.runtimes import OpenVINO, predict_logits, predictor_latency
+from rsnet.errors import RsnetError
+from rsnet.report import deployment_lines
+from test_prune import TOYS, trained_looking
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A toy exported as fp32 and static int8 with rsnet's metadata, and test batches."""
+    d = tmp_path_factory.mktemp("rt")
+    model = trained_looking(TOYS["inception"]()).eval()
+    meta = {"class_names": [f"c{i}" for i in range(5)], "misc_label": None, "input_size": SIZE,
+            "mean": [0.5] * 3, "std": [0.25] * 3}
+    fp32 = export_onnx(model, d / "m.onnx", SIZE, metadata=meta)
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(8, 3, SIZE, SIZE, generator=g).numpy() for _ in range(4)]
+    int8 = quantize_int8(fp32, d / "m_int8.onnx", calib)
+    x = [torch.randn(b, 3, SIZE, SIZE, generator=g) for b in (1, 7, 16)]
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in x])
+    return {"fp32": fp32, "int8": int8, "x": x, "ref": ref, "dir": d}
+
+
+def test_openvino_runs_the_fp32_file_as_pytorch_does(files):
+    pred = OpenVINO().open(files["fp32"], threads=1)
+    got = predict_logits(pred, files["x"])  # batches of 1, 7 and 16: the dynamic batch
+    assert got.shape == files["ref"].shape
+    assert (got - files["ref"]).abs().max().item() < 1e-4 * max(1.0, files["ref"].abs().max().item())
+    assert pred.info["precision"] == "f32"  # the hint is honoured and reported
+
+
+def test_openvino_runs_the_int8_file_as_onnx_runtime_does(files):
+    ort = onnx_logits(open_session(files["int8"], 1), files["x"])
+    ov = predict_logits(OpenVINO().open(files["int8"], threads=1), files["x"])
+    ref = files["ref"]
+    # both run the same quantized graph: close to each other, and to fp32 within int8's error
+    assert (ov.argmax(1) == ort.argmax(1)).double().mean() >= 0.9
+    scale = ref.abs().max().item()
+    assert (ov - ort).abs().max().item() < 0.1 * scale
+    assert (ov - ref).abs().max().item() < 0.2 * scale
+
+
+def test_a_static_batch_times_that_batch(files):
+    pred = OpenVINO().open(files["fp32"], threads=1, batch_size=4)
+    assert pred(np.zeros((4, 3, SIZE, SIZE), np.float32)).shape == (4, 5)
+    assert predictor_latency(pred, SIZE, 4, runs=3, warmup=1) > 0
+
+
+def test_a_corrupt_or_missing_file_is_a_clear_error(files, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(files["fp32"].read_bytes()[:3000])
+    with pytest.raises(RsnetError, match="OpenVINO cannot run .*bad.onnx.*re-export"):
+        OpenVINO().open(bad, threads=1)
+    with pytest.raises(RsnetError, match="not found"):
+        OpenVINO().open(tmp_path / "missing.onnx", threads=1)
+
+
+def test_a_missing_runtime_package_names_the_extra(files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: import fails
+    with pytest.raises(RsnetError, match=r'pip install -e "\.\[openvino\]"'):
+        OpenVINO().open(files["fp32"], threads=1)
+
+
+def test_the_classifier_answers_the_same_on_every_runtime(files, tmp_path, capsys):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+        images.append(path)
+    ort = Classifier(files["fp32"], threads=1).logits(images)
+    ov = Classifier(files["fp32"], threads=1, runtime=OpenVINO()).logits(images)
+    assert np.abs(ort - ov).max() < 1e-4 * max(1.0, np.abs(ort).max())
+    assert classify_main(["--runtime", "openvino", str(files["fp32"]), *map(str, images)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_the_report_compares_int8_with_the_same_runtime():
+    m = {"export/onnx_bytes": 400, "export/opset": 18, "export/verify_images": 64,
+         "export/max_abs_diff": 1e-6, "export/top1_agreement": 1.0, "latency/threads": 2,
+         "int8/bytes": 100, "int8/size_ratio": 0.25, "int8/calib_method": "minmax",
+         "int8/top1_agreement": 0.99, "openvino/precision": "f32",
+         "latency/torch_fp32_b1_ms": 9.0, "latency/ort_fp32_b1_ms": 2.0,
+         "latency/ort_int8_b1_ms": 4.0, "latency/openvino_fp32_b1_ms": 1.0,
+         "latency/openvino_int8_b1_ms": 0.5, "openvino/test/acc": 0.8,
+         "openvino_int8/test/acc": 0.79}
+    text = "\n".join(deployment_lines(m))
+    assert "| OpenVINO fp32 (runs f32) | 400 | 0.8000 | 1.00 |" in text
+    assert "| OpenVINO int8 (minmax) | 100 | 0.7900 | 0.50 |" in text
+    assert "ONNX Runtime: int8 speed-up over its own fp32: 0.50x at batch 1" in text
+    assert "OpenVINO: int8 speed-up over its own fp32: 2.00x at batch 1" in text
+    assert "PyTorch eager fp32 at batch" not in text  # no cross-runtime speed-up
