@@ -53,7 +53,7 @@ def _ms(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-RUNTIME_LABELS = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
+RUNTIME_LABELS = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "executorch": "ExecuTorch"}
 
 
 def _runtimes(metrics: dict) -> list[str]:
@@ -79,11 +79,13 @@ def deployment_lines(metrics: dict) -> list[str]:
         fp32_acc, int8_acc = ("onnx/test/acc", "int8/test/acc") if rt == "ort" else \
             (f"{rt}/test/acc", f"{rt}_int8/test/acc")
         precision = metrics.get(f"{rt}/precision")
+        own = f"{rt}/bytes" in metrics  # its own files (ExecuTorch's .pte), else the ONNX ones
         rows.append((f"{label} fp32" + (f" (runs {precision})" if precision else ""),
-                     f"{rt}_fp32", "export/onnx_bytes", fp32_acc))
+                     f"{rt}_fp32", f"{rt}/bytes" if own else "export/onnx_bytes", fp32_acc))
         if int8:
-            rows.append((f"{label} int8 ({metrics['int8/calib_method']})", f"{rt}_int8",
-                         "int8/bytes", int8_acc))
+            how = "PT2E" if own else metrics["int8/calib_method"]
+            rows.append((f"{label} int8 ({how})", f"{rt}_int8",
+                         f"{rt}_int8/bytes" if own else "int8/bytes", int8_acc))
     lines = ["", f"## Deployment ({metrics.get('latency/threads')} threads)", "",
              f"ONNX opset {metrics['export/opset']}, verified on {metrics['export/verify_images']:,} "
              f"test images: max |logit difference| {metrics['export/max_abs_diff']:.2e}, top-1 "

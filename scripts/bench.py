@@ -9,7 +9,7 @@ the thesis's GoogLeNet (227 px, C = 1000, BN without scale) and the 64 px GoogLe
 MobileNet (C = 200), lambda 0.045 and 0.25, N = 5, 10, 15, 20.
 
 ``deploy``: for each run (an experiment name plus overrides), the pipeline with its export
-stage on every runtime (ONNX Runtime and OpenVINO; run directories under
+stage on every runtime (ONNX Runtime, OpenVINO, ExecuTorch; run directories under
 outputs/bench/deploy/, resumed when rerun): file sizes, fp32 and int8 test accuracy per
 runtime, latency at batch 1 and 32 (2 threads, median of 100 runs), int8's speed-up over the
 same runtime's fp32, and each run's latency as a fraction of the first run's (Psi) on the same
@@ -228,9 +228,11 @@ def bench_plan(args) -> dict:
 DEPLOY_KEYS = ("model/params", "model/macs", "test/acc", "onnx/test/acc", "int8/test/acc",
                "int8/top1_agreement", "export/max_abs_diff", "export/onnx_bytes", "int8/bytes",
                "int8/size_ratio", "latency/threads", "openvino/precision", "openvino/test/acc",
-               "openvino_int8/test/acc")
+               "openvino_int8/test/acc", "executorch/test/acc", "executorch_int8/test/acc",
+               "executorch/bytes", "executorch_int8/bytes")
 RUNTIMES = [("PyTorch eager", "torch", "test/acc", None), ("ONNX Runtime", "ort", "onnx/test/acc", "int8/test/acc"),
-            ("OpenVINO", "openvino", "openvino/test/acc", "openvino_int8/test/acc")]
+            ("OpenVINO", "openvino", "openvino/test/acc", "openvino_int8/test/acc"),
+            ("ExecuTorch", "executorch", "executorch/test/acc", "executorch_int8/test/acc")]
 
 
 def cpu_flags() -> dict:
@@ -246,7 +248,8 @@ def cpu_flags() -> dict:
 
 
 def bench_deploy(args) -> dict:
-    """The pipeline up to its export stage, per run (every runtime: export/runtimes=[openvino]);
+    """The pipeline up to its export stage, per run (every runtime:
+    export/runtimes=[openvino,executorch]);
     the deployment metrics of each, and every run's latency relative to the first run (Psi)."""
     from rsnet.pipeline import run
 
@@ -254,7 +257,7 @@ def bench_deploy(args) -> dict:
     for spec in args.runs:
         experiment, *overrides = spec.split()
         if not any(o.startswith("export/runtimes") for o in overrides):
-            overrides.append("export/runtimes=[openvino]")
+            overrides.append("export/runtimes=[openvino,executorch]")
         cfg = compose_cfg(f"experiment={experiment}", "progress=false", *overrides)
         if not cfg.export.int8:
             raise SystemExit(f"bench deploy: run {spec!r} has export={cfg.export.name}; add export=int8")

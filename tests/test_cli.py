@@ -182,7 +182,7 @@ def test_export_int8_of_a_pruned_model_is_verified_measured_and_reported(tmp_pat
 
 def test_every_chosen_runtime_is_verified_evaluated_timed_and_reported(tmp_path):
     res = run(tmp_path, *TINY, "train.epochs=1", "train.precision=fp32", "export=int8",
-              "export/runtimes=[openvino]", *EXPORT)
+              "export/runtimes=[openvino,executorch]", *EXPORT)
     assert res.returncode == 0, res.stderr[-2000:]
     d = tmp_path / "run"
     m = json.loads((d / "metrics.json").read_text())
@@ -193,9 +193,17 @@ def test_every_chosen_runtime_is_verified_evaluated_timed_and_reported(tmp_path)
     assert m["openvino_int8/top1_agreement"] >= 0.9 and "openvino_int8/test/acc_local" in m
     for kind in ("openvino_fp32", "openvino_int8"):
         assert m[f"latency/{kind}_b1_ms"] > 0 and m[f"latency/{kind}_b4_ms"] > 0
+    # ExecuTorch: its own .pte programs, verified, evaluated and timed the same way
+    assert m["executorch/top1_agreement"] == 1.0 and m["executorch/max_abs_diff"] < 1e-3
+    assert abs(m["executorch/test/acc"] - m["onnx/test/acc"]) <= 1 / m["data/test_images"] + 1e-9
+    assert m["executorch/bytes"] == (d / "export" / "model.pte").stat().st_size
+    assert m["executorch_int8/bytes"] == (d / "export" / "model_int8.pte").stat().st_size
+    assert m["executorch_int8/top1_agreement"] >= 0.9
+    assert m["latency/executorch_int8_b4_ms"] > 0
     summary = (d / "summary.md").read_text()
     assert "| OpenVINO fp32 (runs f32) |" in summary and "| OpenVINO int8 (minmax) |" in summary
     assert "OpenVINO: int8 speed-up over its own fp32:" in summary
+    assert "| ExecuTorch int8 (PT2E) |" in summary
 
 
 def test_an_export_that_disagrees_fails_and_leaves_no_result(tmp_path):

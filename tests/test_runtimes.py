@@ -1,6 +1,7 @@
-"""Deployment runtimes beside ONNX Runtime (rsnet.deploy.runtimes): parity of fp32 and int8
-files with ONNX Runtime, clear errors for a corrupt file and a missing runtime package, the
-Classifier on any runtime, and the report comparing int8 with the same runtime's fp32."""
+"""Deployment runtimes beside ONNX Runtime (rsnet.deploy.runtimes): OpenVINO on the exported
+ONNX files, ExecuTorch on the .pte programs it builds; parity with PyTorch / ONNX Runtime,
+clear errors for a corrupt file and a missing runtime package, the Classifier on any runtime,
+and the report comparing int8 with the same runtime's fp32."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
 from rsnet.deploy.classify import Classifier, main as classify_main
-from rsnet.deploy.runtimes import OpenVINO, predict_logits, predictor_latency
+from rsnet.deploy.runtimes import ExecuTorch, OpenVINO, predict_logits, predictor_latency
 from rsnet.errors import RsnetError
 from rsnet.report import deployment_lines
 from test_prune import TOYS, trained_looking
@@ -35,7 +36,9 @@ def files(tmp_path_factory):
     x = [torch.randn(b, 3, SIZE, SIZE, generator=g) for b in (1, 7, 16)]
     with torch.no_grad():
         ref = torch.cat([model(b) for b in x])
-    return {"fp32": fp32, "int8": int8, "x": x, "ref": ref, "dir": d}
+    pte = ExecuTorch(max_batch=8).files({"fp32": fp32, "int8": int8}, model, SIZE, 4,
+                                        [torch.from_numpy(c) for c in calib])
+    return {"fp32": fp32, "int8": int8, "x": x, "ref": ref, "dir": d, "pte": pte}
 
 
 def test_openvino_runs_the_fp32_file_as_pytorch_does(files):
@@ -57,6 +60,18 @@ def test_openvino_runs_the_int8_file_as_onnx_runtime_does(files):
     assert (ov - ref).abs().max().item() < 0.2 * scale
 
 
+def test_executorch_builds_xnnpack_programs_that_run_as_pytorch_does(files):
+    pte = files["pte"]
+    assert pte == {"fp32": files["dir"] / "m.pte", "int8": files["dir"] / "m_int8.pte"}
+    ref, scale = files["ref"], max(1.0, files["ref"].abs().max().item())
+    # batches of 1, 7 and 16 on a program planned for 8 at most: run in chunks of 8
+    fp32 = predict_logits(ExecuTorch(max_batch=8).open(pte["fp32"], threads=1), files["x"])
+    assert (fp32 - ref).abs().max().item() < 1e-4 * scale
+    int8 = predict_logits(ExecuTorch(max_batch=8).open(pte["int8"], threads=1), files["x"])
+    assert (int8.argmax(1) == ref.argmax(1)).double().mean() >= 0.9
+    assert 0 < (int8 - ref).abs().max().item() < 0.2 * scale  # quantized, and close
+
+
 def test_a_static_batch_times_that_batch(files):
     pred = OpenVINO().open(files["fp32"], threads=1, batch_size=4)
     assert pred(np.zeros((4, 3, SIZE, SIZE), np.float32)).shape == (4, 5)
@@ -70,12 +85,21 @@ def test_a_corrupt_or_missing_file_is_a_clear_error(files, tmp_path):
         OpenVINO().open(bad, threads=1)
     with pytest.raises(RsnetError, match="not found"):
         OpenVINO().open(tmp_path / "missing.onnx", threads=1)
+    bad_pte = tmp_path / "bad.pte"
+    bad_pte.write_bytes(files["pte"]["fp32"].read_bytes()[:200])
+    with pytest.raises(RsnetError, match="ExecuTorch cannot load .*bad.pte.*re-export"):
+        ExecuTorch().open(bad_pte, threads=1)
+    with pytest.raises(RsnetError, match="not found"):
+        ExecuTorch().open(tmp_path / "missing.pte", threads=1)
 
 
 def test_a_missing_runtime_package_names_the_extra(files, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: import fails
     with pytest.raises(RsnetError, match=r'pip install -e "\.\[openvino\]"'):
         OpenVINO().open(files["fp32"], threads=1)
+    monkeypatch.setitem(sys.modules, "executorch", None)
+    with pytest.raises(RsnetError, match=r'pip install -e "\.\[executorch\]"'):
+        ExecuTorch().open(files["pte"]["fp32"], threads=1)
 
 
 def test_the_classifier_answers_the_same_on_every_runtime(files, tmp_path, capsys):
@@ -89,6 +113,8 @@ def test_the_classifier_answers_the_same_on_every_runtime(files, tmp_path, capsy
     ort = Classifier(files["fp32"], threads=1).logits(images)
     ov = Classifier(files["fp32"], threads=1, runtime=OpenVINO()).logits(images)
     assert np.abs(ort - ov).max() < 1e-4 * max(1.0, np.abs(ort).max())
+    et = Classifier(files["fp32"], threads=1, runtime=ExecuTorch(max_batch=8))  # runs m.pte
+    assert np.abs(ort - et.logits(images)).max() < 1e-4 * max(1.0, np.abs(ort).max())
     assert classify_main(["--runtime", "openvino", str(files["fp32"]), *map(str, images)]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
 

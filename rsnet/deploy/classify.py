@@ -25,12 +25,13 @@ import torch
 
 from rsnet.data.sources import decode_image
 from rsnet.deploy.onnx_io import open_session, read_metadata
-from rsnet.deploy.runtimes import DeployRuntime, OpenVINO
+from rsnet.deploy.runtimes import DeployRuntime, ExecuTorch, OpenVINO
 from rsnet.errors import RsnetError
 from rsnet.openset import decide
 
 REQUIRED = ("class_names", "input_size", "mean", "std")
-RUNTIMES = {"ort": None, "openvino": OpenVINO()}  # --runtime: None = ONNX Runtime
+# --runtime: None = ONNX Runtime
+RUNTIMES = {"ort": None, "openvino": OpenVINO(), "executorch": ExecuTorch()}
 
 
 class Classifier:
@@ -40,7 +41,9 @@ class Classifier:
     >>> clf.classify(["cat.jpg"], top=2)  # [[("cat", 0.91), ("misc", 0.05)]]
     >>> Classifier("export/model_int8.onnx", runtime=OpenVINO())  # on OpenVINO instead
 
-    The metadata is read with ONNX Runtime whichever runtime then runs the model.
+    The metadata is read from the ONNX file with ONNX Runtime whichever runtime then runs
+    the model: OpenVINO runs that file, ExecuTorch the ``.pte`` program exported beside it
+    (model.pte for model.onnx, model_int8.pte for model_int8.onnx).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, use_threshold: bool = True,
@@ -49,7 +52,8 @@ class Classifier:
         self.session = open_session(self.path, threads)
         meta = read_metadata(self.session)
         self.input_name = self.session.get_inputs()[0].name
-        self.predictor = None if runtime is None else runtime.open(self.path, threads or 1)
+        self.predictor = None if runtime is None else \
+            runtime.open(runtime.file_for(self.path), threads or 1)
         missing = [k for k in REQUIRED if k not in meta]
         if missing:
             raise RsnetError(f"{self.path} carries no rsnet metadata ({', '.join(missing)} missing): "

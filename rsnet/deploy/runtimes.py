@@ -11,6 +11,12 @@ batch_size)`` returns a :class:`Predictor`, a callable from a normalised float32
   file directly; ``precision`` is its inference precision hint (``f32``; OpenVINO's own
   default on AMX CPUs is ``bf16``), the precision it actually runs is reported
   (``Predictor.info``). The QDQ int8 file runs on its int8 kernels.
+- :class:`ExecuTorch`: PyTorch's runtime for phones and embedded boards
+  (``pip install -e ".[executorch]"``), run here through its Python bindings. It has its own
+  files (``files``): ``model.pte`` lowered to the XNNPACK backend from the PyTorch model
+  (torch.export, dynamic batch), and ``model_int8.pte`` quantized with PT2E and XNNPACK's
+  quantizer (int8 per-channel weights, int8 activations calibrated on the same images as
+  ONNX Runtime's int8).
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from rsnet.errors import RsnetError
 from rsnet.metrics import median_ms
 
-__all__ = ["DeployRuntime", "Predictor", "OpenVINO", "predict_logits", "predictor_latency",
-           "require"]
+__all__ = ["DeployRuntime", "Predictor", "OpenVINO", "ExecuTorch", "predict_logits",
+           "predictor_latency", "require"]
 
 
 @dataclass
@@ -44,9 +51,28 @@ class Predictor:
 class DeployRuntime(Protocol):
     name: str  # in the metric keys: latency/<name>_fp32_b1_ms, <name>/test/acc, ...
 
+    def files(self, onnx: dict[str, Path], net: nn.Module, input_size: int, max_batch: int,
+              calib: list[torch.Tensor] | None) -> dict[str, Path]:
+        """The files this runtime runs, ``{"fp32": path, "int8": path}`` (int8 only with
+        ``calib``): the exported ONNX files ``onnx``, or its own made from ``net`` (fp32,
+        eval mode) next to them, for batches of up to ``max_batch`` images."""
+
     def open(self, path: Path, threads: int, batch_size: int | None = None) -> Predictor:
         """The model at ``path`` on ``threads`` threads; ``batch_size`` fixes the batch
         (a static shape, for timing) where the runtime gains from it."""
+
+    def file_for(self, onnx_path: Path) -> Path:
+        """The file this runtime runs for an exported ONNX file (written beside it)."""
+
+
+class _OnnxConsumer:
+    """A runtime that runs the exported ONNX files themselves."""
+
+    def files(self, onnx, net, input_size, max_batch, calib):
+        return dict(onnx)
+
+    def file_for(self, onnx_path: Path) -> Path:
+        return Path(onnx_path)
 
 
 def require(module: str, runtime: str, extra: str):
@@ -68,7 +94,7 @@ def _check_file(path: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class OpenVINO:
+class OpenVINO(_OnnxConsumer):
     """OpenVINO's CPU plugin on the exported ONNX file."""
     precision: str = "f32"  # INFERENCE_PRECISION_HINT: f32 | bf16 | f16
     name: str = "openvino"
@@ -97,11 +123,92 @@ class OpenVINO:
         return Predictor(run, {"precision": precision.get_type_name()})
 
 
-def predict_logits(predictor: Predictor, batches: Iterable[torch.Tensor | np.ndarray]
-                   ) -> torch.Tensor:
-    """Logits (float32, CPU) of ``predictor`` on normalised input batches, concatenated."""
-    return torch.cat([torch.from_numpy(predictor(x.numpy() if isinstance(x, torch.Tensor) else x))
-                      for x in batches])
+@dataclass(frozen=True)
+class ExecuTorch:
+    """ExecuTorch with the XNNPACK backend, on ``.pte`` files it builds from the model,
+    planned for batches of up to ``max_batch`` images (or the largest batch asked for);
+    larger inputs run in chunks of ``max_batch``."""
+    max_batch: int = 32
+    name: str = "executorch"
+
+    def files(self, onnx, net, input_size, max_batch, calib):
+        require("executorch", self.name, "executorch")
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        # the example at the largest batch (ExecuTorch plans its buffers from the example), a
+        # number unlike the other sizes (an equal one would be traced as the same symbol)
+        batch = max(2, max_batch, self.max_batch)
+        while batch in (3, input_size):
+            batch += 1
+        x = torch.zeros(batch, 3, input_size, input_size)
+        shapes = ({0: torch.export.Dim("batch", min=1, max=batch)},)
+
+        def lower(model: nn.Module, path: Path) -> Path:
+            program = torch.export.export(model, (x,), dynamic_shapes=shapes)
+            path.write_bytes(to_edge_transform_and_lower(
+                program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+            return path
+
+        with torch.no_grad():
+            files = {"fp32": lower(net, self.file_for(onnx["fp32"]))}
+            if calib is not None:
+                files["int8"] = lower(self._quantized(net, x, shapes, calib),
+                                      self.file_for(onnx["int8"]))
+        return files
+
+    def file_for(self, onnx_path: Path) -> Path:
+        return Path(onnx_path).with_suffix(".pte")  # model.pte, model_int8.pte
+
+    @staticmethod
+    def _quantized(net: nn.Module, x: torch.Tensor, shapes, calib: list[torch.Tensor]) -> nn.Module:
+        """PT2E static quantization for XNNPACK: per-channel int8 weights, int8 activations."""
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(torch.export.export(net, (x,), dynamic_shapes=shapes).module(),
+                                quantizer)
+        for batch in calib:
+            prepared(batch)
+        return convert_pt2e(prepared)
+
+    def open(self, path: Path, threads: int, batch_size: int | None = None) -> Predictor:
+        require("executorch", self.name, "executorch")
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+
+        path = Path(path)
+        if not path.is_file():
+            raise RsnetError(f"ExecuTorch program {path} not found: export one with "
+                             f"export/runtimes=[executorch] (written to <run dir>/export/)")
+        try:
+            method = Runtime.get().load_program(path).load_method("forward")
+        except Exception as e:  # noqa: BLE001 - the bindings raise RuntimeError and others
+            raise RsnetError(f"ExecuTorch cannot load {path} ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:200]}); re-export it") from e
+        _unsafe_reset_threadpool(int(threads))  # XNNPACK's (process-wide) thread pool
+
+        step = max(self.max_batch, batch_size or 0)  # a timed batch runs whole
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([method.execute([torch.from_numpy(x[i:i + step])])[0].numpy()
+                                   for i in range(0, len(x), step)])
+
+        return Predictor(run, {"precision": "f32"})
+
+
+def predict_logits(predictor: Predictor, batches: Iterable[torch.Tensor | np.ndarray],
+                   chunk: int | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) of ``predictor`` on normalised input batches, concatenated;
+    ``chunk`` splits larger batches (a runtime planned for at most that many images)."""
+    out = []
+    for x in batches:
+        x = x.numpy() if isinstance(x, torch.Tensor) else x
+        step = chunk or len(x)
+        out += [torch.from_numpy(predictor(x[i:i + step])) for i in range(0, len(x), step)]
+    return torch.cat(out)
 
 
 def predictor_latency(predictor: Predictor, input_size: int, batch_size: int, runs: int,

@@ -97,13 +97,13 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     out.update({f"onnx/test/{k}": v for k, v in
                 split_metrics(fp32_test, data.test, data.misc_label).items()})
     sessions = {"fp32": session}
-    files = {"fp32": fp32}
+    files, calib_x = {"fp32": fp32}, None
     if ex.int8:
         calib = calibration_batches(data.train, ex.calib_images, data.mean, data.std,
                                     batch_size=32, seed=cfg.seed, setting="export.calib_images")
         int8 = quantize_int8(fp32, out_dir / "model_int8.onnx", [x.numpy() for x, _ in calib],
                              ex.calib_method, ex.per_channel, ex.compact)
-        files["int8"] = int8
+        files["int8"], calib_x = int8, [x for x, _ in calib]
         sessions["int8"] = open_session(int8, ex.latency.threads)
         int8_test = onnx_logits(sessions["int8"], _split_batches(data, "test", ex.eval_batch_size))
         out.update({f"int8/test/{k}": v for k, v in
@@ -118,7 +118,10 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
             out[f"latency/ort_{kind}_b{b}_ms"] = session_latency(sess, size, b, lat.runs, lat.warmup)
     del sessions, session  # their thread pools would compete with the next runtime's
     for spec in (ex.runtimes or {}).values():
-        out.update(runtime_metrics(instantiate(spec), files, ref, verify_x, data, size, ex))
+        runtime: DeployRuntime = instantiate(spec)
+        # ONNX, or its own format planned for the largest timed batch
+        own = runtime.files(files, net, size, max(lat.batch_sizes), calib_x)
+        out.update(runtime_metrics(runtime, own, ref, verify_x, data, size, ex))
     return {**out, **torch_latency}
 
 
@@ -144,21 +147,34 @@ def _verified(what: str, ref: torch.Tensor, got: torch.Tensor, ex, prefix: str,
 
 def runtime_metrics(runtime: DeployRuntime, files: dict[str, Path], ref: torch.Tensor,
                     verify_x: list[torch.Tensor], data: DataBundle, size: int, ex) -> dict:
-    """One deployment runtime on the exported files (``{"fp32": path, "int8": path}``): fp32
-    verified against PyTorch like the ONNX export, test metrics of each file, int8's top-1
-    agreement with the runtime's own fp32, latency at every batch size with the same threads.
-    Keys: ``<name>/...``, ``<name>_int8/...``, ``latency/<name>_{fp32,int8}_b<B>_ms``."""
+    """One deployment runtime on its files (``{"fp32": path, "int8": path}``): fp32 verified
+    against PyTorch like the ONNX export, test metrics of each file, int8's top-1 agreement
+    with the runtime's own fp32, latency at every batch size with the same threads, and the
+    size of files in the runtime's own format. Keys: ``<name>/...``, ``<name>_int8/...``,
+    ``latency/<name>_{fp32,int8}_b<B>_ms``."""
     name, threads, lat = runtime.name, ex.latency.threads, ex.latency
+    chunk = max(lat.batch_sizes)  # no runtime is asked for more images at once
     fp32 = runtime.open(files["fp32"], threads)
     out = {f"{name}/precision": fp32.info.get("precision")}
-    out.update(_verified(f"{name} running the ONNX export", ref, predict_logits(fp32, verify_x),
-                         ex, name, f"the file passed ONNX Runtime's check, so it stays; drop "
-                         f"{name} from export/runtimes to deploy without it"))
+    own_format = files["fp32"].suffix != ".onnx"
+    try:
+        out.update(_verified(
+            f"{name} running {files['fp32'].name}", ref, predict_logits(fp32, verify_x, chunk), ex, name,
+            "its files were removed" if own_format else
+            f"the file passed ONNX Runtime's check, so it stays; drop {name} from "
+            f"export/runtimes to deploy without it"))
+    except RsnetError:
+        if own_format:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+        raise
     tests = {}
     for kind, path in files.items():
         pred = fp32 if kind == "fp32" else runtime.open(path, threads)
-        tests[kind] = predict_logits(pred, _split_batches(data, "test", ex.eval_batch_size))
+        tests[kind] = predict_logits(pred, _split_batches(data, "test", ex.eval_batch_size), chunk)
         key = name if kind == "fp32" else f"{name}_{kind}"
+        if path.suffix != ".onnx":  # its own format (the ONNX files' sizes are export/*)
+            out[f"{key}/bytes"] = path.stat().st_size
         out.update({f"{key}/test/{k}": v for k, v in
                     split_metrics(tests[kind], data.test, data.misc_label).items()})
         for b in lat.batch_sizes:  # a static batch: the shape the runtime plans for
