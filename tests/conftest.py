@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
+# The tests run tiny models: one intra-op thread (here and in the runs they start) is faster
+# than several, and far faster when another job keeps the cores busy. Before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import rsnet.config  # noqa: F401  (schema + resolvers)
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import rsnet.config  # noqa: F401, E402  (schema + resolvers)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -18,7 +18,7 @@ from rsnet.errors import RsnetError
 from rsnet.report import deployment_lines
 from test_prune import TOYS, trained_looking
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.integration]  # exports, like test_deploy
 SIZE = 16
 
 
