@@ -189,12 +189,15 @@ class ExecuTorch:
             raise RsnetError(f"ExecuTorch cannot load {path} ({type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0][:200]}); re-export it") from e
         _unsafe_reset_threadpool(int(threads))  # XNNPACK's (process-wide) thread pool
-
         step = max(self.max_batch, batch_size or 0)  # a timed batch runs whole
 
+        def execute(x: np.ndarray) -> np.ndarray:
+            # the output lives in the method's planned memory, reused by its next run: copy it
+            # (kept as a view, it corrupted the heap a few runs later)
+            return method.execute([torch.from_numpy(x)])[0].clone().numpy()
+
         def run(x: np.ndarray) -> np.ndarray:
-            return np.concatenate([method.execute([torch.from_numpy(x[i:i + step])])[0].numpy()
-                                   for i in range(0, len(x), step)])
+            return np.concatenate([execute(x[i:i + step]) for i in range(0, len(x), step)])
 
         return Predictor(run, {"precision": "f32"})
 
