@@ -31,11 +31,12 @@ for f in $FAMILIES; do
     psi=${!psi_var:-${ARCH[$f]}_tiny200.pt}
     sweep="python scripts/run.py -m experiment=${f}_rs model.checkpoint=$psi seed=$SEEDS progress=false ${EXTRA:-}"
     dir="hydra.sweep.dir=$RUNS/specialise_$f"
-    $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
-    $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS train.distill.enabled=false,true
+    # cheapest and most telling first: a session cut short still leaves whole comparisons
+    $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS train.distill.enabled=true,false
     $sweep "$dir" dataset.num_classes=$NS recipe=finetune train.epochs=$FT_EPOCHS
     $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_multiplier=3,9
     $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_test=all
+    $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
     python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
     python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
 done
