@@ -44,6 +44,9 @@ class DatasetConfig:
     # validation images; their test images judge misc detection on classes never seen
     unseen_fraction: float = 0.0
     val_fraction: float = 0.1  # held out of train, stratified, seeded
+    # at most this many training images per class (seeded; after the validation split), for a
+    # quick run or a small-data study; None keeps them all
+    train_per_class: Optional[int] = None
     seed: int = 0
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
@@ -80,7 +83,9 @@ class TrainConfig:
     optimizer: Any = None  # partial: called with the model's parameters
     scheduler: Any = None  # partial: called with (optimizer, total_steps, steps_per_epoch)
     loss: Any = None
-    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    # auto (bf16 where the device computes it natively: CUDA, or a CPU with AVX512-BF16 /
+    # AMX; else fp32) | fp32 | bf16 | fp16 (fp16 on CUDA only)
+    precision: str = "auto"
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     threads: Optional[int] = None  # torch intra-op threads; None leaves torch's default

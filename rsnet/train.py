@@ -6,7 +6,9 @@ on (seed, e), so a run killed and resumed ends with the same weights and metrics
 uninterrupted one (on CPU). The best epoch on the validation split is kept in
 ``ckpt_dir/best.pt``; ``fit`` returns with those weights loaded.
 
-Precision (``train.precision``): ``fp32``; ``bf16`` autocast on the CPU or CUDA; ``fp16``
+Precision (``train.precision``): ``auto`` (bf16 where the device has it in hardware, else
+fp32: emulated bf16 trains slower than fp32 on a CPU without AVX512-BF16 or AMX);
+``fp32``; ``bf16`` autocast on the CPU or CUDA; ``fp16``
 autocast on CUDA with a ``torch.amp.GradScaler`` (loss scaling against fp16 gradient
 underflow), whose state is saved in and restored from ``last.pt``.
 
@@ -38,6 +40,7 @@ from rsnet.data.loader import BatchLoader, Split
 from rsnet.distill import DistillationLoss
 from rsnet.distributed import DistInfo
 from rsnet.errors import RsnetError
+from rsnet.hardware import native_bf16
 from rsnet.progress import bar
 from rsnet.metrics import scope_metrics, topk_accuracy
 from rsnet.fileio import atomic_torch_save, load_checkpoint_file
@@ -86,8 +89,12 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     if device.type == "cuda" and info.enabled:
         device = _rank_gpu(cfg, info)
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if cfg.precision not in dtypes:
-        raise RsnetError(f"train.precision={cfg.precision!r}: use one of {list(dtypes)}")
+    if cfg.precision not in (*dtypes, "auto"):
+        raise RsnetError(f"train.precision={cfg.precision!r}: use auto or one of {list(dtypes)}")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+        log.info("train.precision=auto: %s on %s", precision, device)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise RsnetError(f"train.precision=fp16 needs a CUDA device (train.device={cfg.device} "
                          f"resolved to {device}); use train.precision=bf16 or fp32 on the CPU")
@@ -99,7 +106,7 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         backend = cfg.dist_backend if cfg.dist_backend != "auto" else \
             "nccl" if device.type == "cuda" else "gloo"
         distributed.init(info, backend, device, cfg.dist_timeout_min)
-    return Runtime(device, dtypes[cfg.precision], cfg.channels_last, info, cfg.sync_bn)
+    return Runtime(device, dtypes[precision], cfg.channels_last, info, cfg.sync_bn)
 
 
 def _rank_gpu(cfg: TrainConfig, info: DistInfo) -> torch.device:

@@ -46,8 +46,10 @@ from rsnet import progress
 from rsnet.data import build_data, data_root
 from rsnet.data.sources import default_cache_dir
 from rsnet.errors import RsnetError
+from rsnet.hardware import cpu_flags
 from rsnet.models import build_model
-from rsnet.train import fit, predict, resolve_runtime
+from rsnet.stages.train import fit_from_config
+from rsnet.train import predict, resolve_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +104,7 @@ def rsnet_loop(model, rt, cfg, data, batch_size, warmup, steps) -> float:
     sub.val = type(data.val)(data.val.images[:256], data.val.targets[:256], data.val.orig_labels[:256])
     tcfg = OmegaConf.merge(cfg.train, {"epochs": 1, "batch_size": batch_size})
     with tempfile.TemporaryDirectory() as tmp:
-        hist = fit(model, sub, tcfg, rt, Path(tmp), seed=0)
+        hist = fit_from_config(model, sub, tcfg, rt, Path(tmp), seed=0)
     return hist[0]["train/images_per_s"]
 
 
@@ -143,7 +145,7 @@ def trained_accuracy(cfg, data, mode: str, epochs: int) -> float:
     torch.manual_seed(0)
     model = rt.prepare(build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), 10))
     with tempfile.TemporaryDirectory() as tmp:
-        fit(model, data, tcfg, rt, Path(tmp), seed=0)
+        fit_from_config(model, data, tcfg, rt, Path(tmp), seed=0)
     logits = predict(model, data.test, data, rt, 500)
     return (logits.argmax(1) == data.test.targets).float().mean().item()
 
@@ -233,18 +235,6 @@ DEPLOY_KEYS = ("model/params", "model/macs", "test/acc", "onnx/test/acc", "int8/
 RUNTIMES = [("PyTorch eager", "torch", "test/acc", None), ("ONNX Runtime", "ort", "onnx/test/acc", "int8/test/acc"),
             ("OpenVINO", "openvino", "openvino/test/acc", "openvino_int8/test/acc"),
             ("ExecuTorch", "executorch", "executorch/test/acc", "executorch_int8/test/acc")]
-
-
-def cpu_flags() -> dict:
-    """The CPU's int8 / bf16 instruction sets (they decide what int8 and bf16 can gain)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return {}
-    names = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-             "amx_bf16")
-    return {n: n in flags for n in names}
 
 
 def bench_deploy(args) -> dict:

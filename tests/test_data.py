@@ -7,7 +7,7 @@ from rsnet.config import DatasetConfig
 from rsnet.data import build_data
 from rsnet.data.loader import BatchLoader, Split, random_crop_flip
 from rsnet.data.sources import Synthetic
-from rsnet.data.subsets import choose_classes, split_train_val, subset_indices
+from rsnet.data.subsets import cap_per_class, choose_classes, split_train_val, subset_indices
 from rsnet.errors import RsnetError
 from omegaconf import OmegaConf
 
@@ -81,6 +81,24 @@ def test_train_val_split_is_stratified_disjoint_and_complete():
     assert len(set(train.tolist()) & set(val.tolist())) == 0
     assert sorted(train.tolist() + val.tolist()) == list(range(100))
     assert Counter(labels[val].tolist()) == {c: 5 for c in range(5)}
+
+
+def test_train_per_class_caps_each_class_seeded_within_the_given_indices():
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 8)
+    idx = torch.arange(1, 21)  # image 0 is not a candidate (e.g. held out for validation)
+    kept = cap_per_class(labels, idx, 4, seed=1)
+    assert Counter(labels[kept].tolist()) == {0: 4, 1: 3, 2: 4}
+    assert set(kept.tolist()) <= set(idx.tolist()) and kept.tolist() == sorted(kept.tolist())
+    assert torch.equal(kept, cap_per_class(labels, idx, 4, seed=1))
+    assert not torch.equal(kept, cap_per_class(labels, idx, 4, seed=2))
+    assert torch.equal(cap_per_class(labels, idx, None, seed=1), idx)
+    with pytest.raises(RsnetError, match="train_per_class"):
+        cap_per_class(labels, idx, 0, seed=1)
+    full = build_data(synthetic_cfg(num_classes=3, seed=0))
+    small = build_data(synthetic_cfg(num_classes=3, seed=0, train_per_class=2))
+    assert Counter(small.train.targets.tolist()) == {0: 2, 1: 2, 2: 2}  # misc sized from it
+    assert torch.equal(small.val.orig_labels, full.val.orig_labels)  # val and test untouched
+    assert torch.equal(small.test.orig_labels, full.test.orig_labels)
 
 
 def test_missing_data_names_where_it_looked(tmp_path):

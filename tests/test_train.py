@@ -108,6 +108,15 @@ def test_bf16_channels_last_training_runs(data, tmp_path):
     assert torch.isfinite(torch.tensor(hist[0]["train/loss"]))
 
 
+@pytest.mark.parametrize("flags, dtype", [({"avx512f": True}, None),
+                                          ({"avx512_bf16": True}, torch.bfloat16),
+                                          ({"amx_bf16": True}, torch.bfloat16), ({}, None)])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, flags, dtype):
+    import rsnet.hardware
+    monkeypatch.setattr(rsnet.hardware, "cpu_flags", lambda: flags)
+    assert resolve_runtime(train_cfg(precision="auto", device="cpu")).autocast_dtype == dtype
+
+
 def test_bad_precision_names_the_setting():
     with pytest.raises(RsnetError, match="train.precision"):
         resolve_runtime(train_cfg(precision="int3"))

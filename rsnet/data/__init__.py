@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from rsnet.config import AugmentConfig, DatasetConfig
 from rsnet.data.loader import Split
 from rsnet.data.sources import RawDataset, default_cache_dir
-from rsnet.data.subsets import (ClassSubset, choose_classes, hold_out_unseen, split_train_val,
-                                subset_indices)
+from rsnet.data.subsets import (ClassSubset, cap_per_class, choose_classes, hold_out_unseen,
+                                split_train_val, subset_indices)
 from rsnet.errors import RsnetError
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def build_data(cfg: DatasetConfig) -> DataBundle:
     if cfg.misc_test not in ("sampled", "all"):
         raise RsnetError(f"dataset.misc_test={cfg.misc_test!r}: use 'sampled' or 'all'")
     train_idx, val_idx = split_train_val(raw.train.labels, cfg.val_fraction, cfg.seed)
+    train_idx = cap_per_class(raw.train.labels, train_idx, cfg.train_per_class, cfg.seed)
     splits, composition = {}, {}
     sources = {"train": (raw.train, train_idx), "val": (raw.train, val_idx),
                "test": (raw.test, torch.arange(len(raw.test.labels)))}

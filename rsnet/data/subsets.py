@@ -129,6 +129,21 @@ def split_train_val(labels: torch.Tensor, val_fraction: float, seed: int
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
+def cap_per_class(labels: torch.Tensor, idx: torch.Tensor, limit: int | None, seed: int
+                  ) -> torch.Tensor:
+    """At most ``limit`` of ``idx`` per class of ``labels[idx]``, drawn seeded; sorted."""
+    if limit is None:
+        return idx
+    if limit < 1:
+        raise RsnetError(f"dataset.train_per_class={limit} must be a positive number of images")
+    g = torch.Generator().manual_seed(seed)
+    kept = []
+    for c in labels[idx].unique().tolist():
+        members = idx[labels[idx] == c]
+        kept.append(members[torch.randperm(len(members), generator=g)[:limit]])
+    return torch.cat(kept).sort().values
+
+
 def subset_indices(labels: torch.Tensor, subset: ClassSubset, misc_multiplier: float,
                    seed: int, misc_all: bool = False) -> tuple[torch.Tensor, Counter]:
     """Indices of one split's subset: every in-scope image plus the sampled misc images.
