@@ -123,6 +123,9 @@ class OpenVINO(_OnnxConsumer):
         return Predictor(run, {"precision": precision.get_type_name()})
 
 
+_EXECUTORCH_THREADS: int | None = None  # what ExecuTorch's thread pool was last set to
+
+
 @dataclass(frozen=True)
 class ExecuTorch:
     """ExecuTorch with the XNNPACK backend, on ``.pte`` files it builds from the model,
@@ -188,7 +191,13 @@ class ExecuTorch:
         except Exception as e:  # noqa: BLE001 - the bindings raise RuntimeError and others
             raise RsnetError(f"ExecuTorch cannot load {path} ({type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0][:200]}); re-export it") from e
-        _unsafe_reset_threadpool(int(threads))  # XNNPACK's (process-wide) thread pool
+        global _EXECUTORCH_THREADS
+        if _EXECUTORCH_THREADS != int(threads):
+            # XNNPACK's process-wide thread pool; the reset frees the old pool under any method
+            # already loaded (a second reset with methods alive crashed the process), so it
+            # happens only when the count changes: once per process in rsnet
+            _unsafe_reset_threadpool(int(threads))
+            _EXECUTORCH_THREADS = int(threads)
         step = max(self.max_batch, batch_size or 0)  # a timed batch runs whole
 
         def execute(x: np.ndarray) -> np.ndarray:
