@@ -213,6 +213,14 @@ class ExportConfig:
 
 
 @dataclass
+class TargetConfig:
+    """The deployment target (conf/target/): what its kernels want of the widths."""
+
+    name: str = "generic"
+    channel_multiple: Optional[int] = None  # every planned width a multiple of it (None: any)
+
+
+@dataclass
 class OpenSetConfig:
     """How the misc class decides and is judged (rsnet/openset.py)."""
 
@@ -234,6 +242,7 @@ class RunConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
 
 
 # Keys that do not change a run's result: they are left out of the run directory's name

@@ -106,7 +106,7 @@ def check_group_names(cfg: DictConfig) -> None:
     if not HydraConfig.initialized():
         return
     choices = HydraConfig.get().runtime.choices
-    for group in ("scaling", "compression", "export"):
+    for group in ("scaling", "compression", "export", "target"):
         chosen = choices.get(group)
         if chosen is not None and cfg[group].name != chosen:
             raise RsnetError(f"{group}.name={cfg[group].name!r} does not choose the {group}: "

@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -237,6 +238,98 @@ RUNTIMES = [("PyTorch eager", "torch", "test/acc", None), ("ONNX Runtime", "ort"
             ("ExecuTorch", "executorch", "executorch/test/acc", "executorch_int8/test/acc")]
 
 
+def planned_pair(experiment: str, target: str, classes: int, base_classes: int):
+    """(Psi, Psi') of ``experiment`` for ``target``: the C-way baseline and the N-way model at
+    its rs plan's widths (fresh weights: latency does not depend on them)."""
+    from rsnet.graph import analyze
+    from rsnet.metrics import count_macs, count_params
+    from rsnet.models.widths import build_at_widths
+    from rsnet.plan.budget import make_budget
+    from rsnet.plan.policies import Scaler, WidthRule
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(f"experiment={experiment}", f"target={target}",
+                      f"dataset.num_classes={classes}", "model.checkpoint=null")
+    sc, size = cfg.scaling, cfg.model.input_size
+    torch.manual_seed(0)
+    psi = build_model(cfg.model, base_classes).eval()
+    graph = analyze(build_model(cfg.model, classes), size, fixed=list(sc.fixed),
+                    tie=[list(t) for t in sc.tie], leaf_modules=list(sc.leaf_modules))
+    base = {"params": count_params(psi), "macs": count_macs(psi, size)}
+    budget = make_budget(sc.budget.rule, sc.budget.unit, base[sc.budget.unit], classes,
+                         base_classes, sc.budget.lam, sc.budget.value)
+    plan = instantiate(sc.policy, _convert_="all").make(
+        Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), sc.bottleneck),
+        budget, base)
+    return psi, build_at_widths(cfg.model, classes, plan.widths(), psi).eval(), size, plan
+
+
+def bench_widths(args) -> dict:
+    """Psi and Psi' (rs, N = --classes) of each thesis family for each deployment target
+    (its channel multiple): parameters, MACs, and fp32 latency at batch --latency-batch on ONNX
+    Runtime and OpenVINO with 2 threads, timed in --repeats interleaved rounds (every model and
+    runtime once per round; the median over rounds of each round's median)."""
+    from rsnet.deploy.onnx_io import export_onnx, open_session
+    from rsnet.deploy.runtimes import OpenVINO, Predictor, predictor_latency
+    from rsnet.metrics import count_macs, count_params
+
+    rows, tmp = [], Path(tempfile.mkdtemp(prefix="rsnet-bench-widths-"))
+    for experiment in args.experiments:
+        models = {}
+        for target in args.targets:
+            psi, prime, size, plan = planned_pair(experiment, target, args.classes, args.base_classes)
+            models.setdefault("Psi", psi)
+            models[f"Psi' {target}"] = prime
+        preds = {}
+        for label, net in models.items():
+            path = export_onnx(net, tmp / f"{experiment}_{len(preds)}.onnx", size)
+            session = open_session(path, threads=2)
+            name = session.get_inputs()[0].name
+            preds[(label, "ort")] = Predictor(lambda x, s=session, n=name: s.run(None, {n: x})[0], {})
+            preds[(label, "openvino")] = OpenVINO().open(path, threads=2, batch_size=args.latency_batch)
+        times = {k: [] for k in preds}
+        for _ in progress.bar(range(args.repeats), desc=f"{experiment} rounds"):
+            for k, pred in preds.items():
+                times[k].append(predictor_latency(pred, size, args.latency_batch, runs=20, warmup=3))
+        for label, net in models.items():
+            row = {"experiment": experiment, "model": label, "params": count_params(net),
+                   "macs": count_macs(net, size),
+                   "min_width_multiple": None if label == "Psi" else _multiple(net)}
+            for rt in ("ort", "openvino"):
+                row[f"{rt}_fp32_b{args.latency_batch}_ms"] = float(np.median(times[(label, rt)]))
+            rows.append(row)
+    for r in rows:  # Psi' against its own family's Psi
+        psi = next(p for p in rows if p["experiment"] == r["experiment"] and p["model"] == "Psi")
+        r["macs_ratio"] = r["macs"] / psi["macs"]
+        for rt in ("ort", "openvino"):
+            key = f"{rt}_fp32_b{args.latency_batch}_ms"
+            r[f"{rt}_latency_ratio"] = r[key] / psi[key]
+            r[f"{rt}_latency_over_macs"] = r[f"{rt}_latency_ratio"] / r["macs_ratio"]
+    return {"rows": rows}
+
+
+def _multiple(net: torch.nn.Module) -> int:
+    """The largest of 16, 8, 4, 2 that divides every hidden conv width (1 if none)."""
+    widths = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    return next((k for k in (16, 8, 4, 2) if all(w % k == 0 for w in widths)), 1)
+
+
+def widths_markdown(result: dict) -> str:
+    rows = result["rows"]
+    b = next(k for k in rows[0] if k.startswith("ort_fp32_b")).split("_b")[1].removesuffix("_ms")
+    lines = [f"| experiment | model | multiple | params | MACs | MACs / Psi | ORT b{b} (ms) | "
+             f"ORT latency / Psi | ORT (latency / Psi) / (MACs / Psi) | OpenVINO b{b} (ms) | "
+             f"OpenVINO latency / Psi | OpenVINO (latency / Psi) / (MACs / Psi) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['experiment']} | {r['model']} | {_f(r['min_width_multiple'], 'd')} | "
+                     f"{r['params']:,} | {r['macs']:,} | {r['macs_ratio']:.3f} | "
+                     f"{r[f'ort_fp32_b{b}_ms']:.2f} | {r['ort_latency_ratio']:.3f} | "
+                     f"{r['ort_latency_over_macs']:.2f} | {r[f'openvino_fp32_b{b}_ms']:.2f} | "
+                     f"{r['openvino_latency_ratio']:.3f} | {r['openvino_latency_over_macs']:.2f} |")
+    return "\n".join(lines)
+
+
 def bench_deploy(args) -> dict:
     """The pipeline up to its export stage, per run (every runtime:
     export/runtimes=[openvino,executorch]);
@@ -341,7 +434,15 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["train", "plan", "deploy"], nargs="?", default="train")
+    p.add_argument("section", choices=["train", "plan", "deploy", "widths"], nargs="?",
+                   default="train")
+    p.add_argument("--experiments", nargs="+", default=["googlenet_rs", "mobilenet_rs"],
+                   help="widths: thesis experiments whose Psi and Psi' are timed")
+    p.add_argument("--targets", nargs="+", default=["generic", "x86_avx2", "x86_avx512"],
+                   help="widths: deployment targets (conf/target/)")
+    p.add_argument("--classes", type=int, default=10, help="widths: N outputs of Psi'")
+    p.add_argument("--base-classes", type=int, default=200, help="widths: C classes of Psi")
+    p.add_argument("--latency-batch", type=int, default=32, help="widths: batch size timed")
     p.add_argument("--runs", nargs="+", default=["resnet56_deploy", "resnet56_prune_half export=int8"],
                    help="deploy: experiment names, each optionally followed by overrides")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
@@ -363,14 +464,16 @@ def main() -> None:
     result = {"section": args.section, "machine": machine,
               "args": {k: str(v) for k, v in vars(args).items()}}
     sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),
-                "deploy": (bench_deploy, deploy_markdown)}
+                "deploy": (bench_deploy, deploy_markdown), "widths": (bench_widths, widths_markdown)}
     compute, render = sections[args.section]
     result.update(compute(args))
     args.out = args.out or REPO / "outputs" / "bench" / f"{args.section}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
-    print(f"\nwritten {args.out}")
+    table = render(result)
+    args.out.with_suffix(".md").write_text(table + "\n")  # the table the docs show
+    print(table)
+    print(f"\nwritten {args.out} and {args.out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,22 @@ def test_rs_plans_fill_the_thesis_budget_smoothly(n):
     assert count_params(net) == plan.predicted["params"]
 
 
+@pytest.mark.parametrize("policy", [ResourceScalable(), Uniform()])
+@pytest.mark.parametrize("n, multiple", [(5, 16), (10, 16), (20, 8)])
+def test_a_hardware_multiple_holds_in_every_planned_width_within_the_budget(policy, n, multiple):
+    """target=x86_avx512 (16) / x86_avx2 (8): the 64 px GoogLeNet of the thesis experiments."""
+    model, graph, base = googlenet_setup(n, input_size=64, bn_scale=True)
+    budget = make_budget("thesis", "params", base["params"], n, 200, lam=0.045)
+    plan = policy.make(Scaler(graph, WidthRule(round_to=multiple)), budget, base)
+    widths = plan.widths()
+    assert widths.pop("classifier") == n  # the head keeps its N outputs
+    assert len(widths) > 50 and all(w % multiple == 0 for w in widths.values())
+    assert plan.predicted["params"] <= budget.value
+    net = googlenet_rs(n, input_size=64, bn_scale=True,
+                       **googlenet_family.widths_kwargs(widths, None))
+    assert count_params(net) == plan.predicted["params"]  # the built model is the plan
+
+
 def test_uniform_takes_the_smallest_fitting_factor():
     _, graph, base = googlenet_setup(10, input_size=64, bn_scale=True)
     budget = make_budget("ratio", "macs", base["macs"], 10, 200, value=0.2)
