@@ -261,7 +261,25 @@ def planned_pair(experiment: str, target: str, classes: int, base_classes: int):
     plan = instantiate(sc.policy, _convert_="all").make(
         Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), sc.bottleneck),
         budget, base)
-    return psi, build_at_widths(cfg.model, classes, plan.widths(), psi).eval(), size, plan
+    prime = build_at_widths(cfg.model, classes, plan.widths(), psi)
+    for net in (psi, prime):
+        _trained_like_bn(net)
+    return psi.eval(), prime.eval(), size, plan
+
+
+@torch.no_grad()
+def _trained_like_bn(net: torch.nn.Module) -> None:
+    """BatchNorm parameters and statistics unlike a fresh layer's ones and zeros (which the
+    ONNX exporter would share between layers as equal constants), as after training."""
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def bench_widths(args) -> dict:
@@ -270,6 +288,7 @@ def bench_widths(args) -> dict:
     Runtime and OpenVINO with 2 threads, timed in --repeats interleaved rounds (every model and
     runtime once per round; the median over rounds of each round's median)."""
     from rsnet.deploy.onnx_io import export_onnx, open_session
+    from rsnet.deploy.quant import quantize_int8
     from rsnet.deploy.runtimes import OpenVINO, Predictor, predictor_latency
     from rsnet.metrics import count_macs, count_params
 
@@ -280,13 +299,21 @@ def bench_widths(args) -> dict:
             psi, prime, size, plan = planned_pair(experiment, target, args.classes, args.base_classes)
             models.setdefault("Psi", psi)
             models[f"Psi' {target}"] = prime
-        preds = {}
-        for label, net in models.items():
-            path = export_onnx(net, tmp / f"{experiment}_{len(preds)}.onnx", size)
-            session = open_session(path, threads=2)
-            name = session.get_inputs()[0].name
-            preds[(label, "ort")] = Predictor(lambda x, s=session, n=name: s.run(None, {n: x})[0], {})
-            preds[(label, "openvino")] = OpenVINO().open(path, threads=2, batch_size=args.latency_batch)
+        preds, ops = {}, {}
+        for k, (label, net) in enumerate(models.items()):
+            files = {"fp32": export_onnx(net, tmp / f"{experiment}_{k}.onnx", size)}
+            if args.int8:  # ranges from random images: the speed, not the accuracy, of int8
+                calib = [np.random.default_rng(i).standard_normal((32, 3, size, size), np.float32)
+                         for i in range(4)]
+                files["int8"] = quantize_int8(files["fp32"], tmp / f"{experiment}_{k}_int8.onnx", calib)
+            ops[label] = {p: ort_graph_ops(f) for p, f in files.items()}
+            for precision, path in files.items():
+                session = open_session(path, threads=2)
+                name = session.get_inputs()[0].name
+                preds[(label, f"ort_{precision}")] = Predictor(
+                    lambda x, s=session, n=name: s.run(None, {n: x})[0], {})
+                preds[(label, f"openvino_{precision}")] = OpenVINO().open(
+                    path, threads=2, batch_size=args.latency_batch)
         times = {k: [] for k in preds}
         for _ in progress.bar(range(args.repeats), desc=f"{experiment} rounds"):
             for k, pred in preds.items():
@@ -294,9 +321,15 @@ def bench_widths(args) -> dict:
         for label, net in models.items():
             row = {"experiment": experiment, "model": label, "params": count_params(net),
                    "macs": count_macs(net, size),
-                   "min_width_multiple": None if label == "Psi" else _multiple(net)}
+                   "min_width_multiple": None if label == "Psi" else _multiple(net),
+                   "ort_graph_ops": ops[label]}
+            for (model, key), t in times.items():
+                if model == label:
+                    row[f"{key}_b{args.latency_batch}_ms"] = float(np.median(t))
             for rt in ("ort", "openvino"):
-                row[f"{rt}_fp32_b{args.latency_batch}_ms"] = float(np.median(times[(label, rt)]))
+                if f"{rt}_int8_b{args.latency_batch}_ms" in row:
+                    row[f"{rt}_int8_speedup"] = (row[f"{rt}_fp32_b{args.latency_batch}_ms"]
+                                                 / row[f"{rt}_int8_b{args.latency_batch}_ms"])
             rows.append(row)
     for r in rows:  # Psi' against its own family's Psi
         psi = next(p for p in rows if p["experiment"] == r["experiment"] and p["model"] == "Psi")
@@ -306,6 +339,22 @@ def bench_widths(args) -> dict:
             r[f"{rt}_latency_ratio"] = r[key] / psi[key]
             r[f"{rt}_latency_over_macs"] = r[f"{rt}_latency_ratio"] / r["macs_ratio"]
     return {"rows": rows}
+
+
+def ort_graph_ops(path: Path) -> dict[str, int]:
+    """{op type: count} of the graph ONNX Runtime runs for ``path`` after its optimisations
+    (what fused and what stayed: e.g. fp32 islands in an int8 graph)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(opts.optimized_model_filepath).graph
+    return dict(collections.Counter(n.op_type for n in graph.node).most_common())
 
 
 def _multiple(net: torch.nn.Module) -> int:
@@ -327,6 +376,12 @@ def widths_markdown(result: dict) -> str:
                      f"{r[f'ort_fp32_b{b}_ms']:.2f} | {r['ort_latency_ratio']:.3f} | "
                      f"{r['ort_latency_over_macs']:.2f} | {r[f'openvino_fp32_b{b}_ms']:.2f} | "
                      f"{r['openvino_latency_ratio']:.3f} | {r['openvino_latency_over_macs']:.2f} |")
+    if "ort_int8_speedup" in rows[0]:
+        lines += ["", f"| experiment | model | ORT int8 b{b} (ms) | ORT int8 speed-up | "
+                  f"OpenVINO int8 b{b} (ms) | OpenVINO int8 speed-up |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['experiment']} | {r['model']} | {r[f'ort_int8_b{b}_ms']:.2f} | "
+                  f"{r['ort_int8_speedup']:.2f}x | {r[f'openvino_int8_b{b}_ms']:.2f} | "
+                  f"{r['openvino_int8_speedup']:.2f}x |" for r in rows]
     return "\n".join(lines)
 
 
@@ -443,6 +498,7 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=10, help="widths: N outputs of Psi'")
     p.add_argument("--base-classes", type=int, default=200, help="widths: C classes of Psi")
     p.add_argument("--latency-batch", type=int, default=32, help="widths: batch size timed")
+    p.add_argument("--int8", action="store_true", help="widths: also time static int8 files")
     p.add_argument("--runs", nargs="+", default=["resnet56_deploy", "resnet56_prune_half export=int8"],
                    help="deploy: experiment names, each optionally followed by overrides")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
