@@ -44,7 +44,9 @@ def best_of(proposals: list[dict]) -> dict:
 @pytest.mark.integration
 def test_netadapt_cuts_measured_latency_and_stops_at_the_target(tmp_path):
     d = tmp_path / "run"
-    metrics = run_in_process(d, *NETADAPT, "compression.netadapt.target_ratio=0.85",
+    # the tiny model's floor (every group at its narrowest) is near 0.9 of its start latency:
+    # a target just above it, so that timing noise cannot make it unreachable
+    metrics = run_in_process(d, *NETADAPT, "compression.netadapt.target_ratio=0.93",
                              "compression.netadapt.init_reduction=0.06",
                              "compression.netadapt.lut_runs=10", "compression.netadapt.measure_runs=20",
                              "export.latency.threads=1")
@@ -53,7 +55,7 @@ def test_netadapt_cuts_measured_latency_and_stops_at_the_target(tmp_path):
     # how many steps a measured target takes depends on the machine's load (timing noise in
     # the table); the step count of the schedule is asserted on exact MACs below
     assert record["done"] and record["unit"] == "ms" and len(steps) >= 1
-    assert record["target"] == pytest.approx(0.85 * record["start"])
+    assert record["target"] == pytest.approx(0.93 * record["start"])
     resources = [record["start"]] + [s["resource"] for s in steps]
     assert all(a > b for a, b in zip(resources, resources[1:]))  # every step cuts latency
     assert all(s["resource"] <= s["step_target"] for s in steps)
