@@ -201,3 +201,33 @@ def test_duplicate_classes_are_named_and_classify_top_zero_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["model.onnx", "x.jpg", "--top", "0"])
     assert e.value.code == 2 and "--top 0" in capsys.readouterr().err
+
+
+
+@pytest.mark.integration
+def test_int8_quantization_survives_constants_the_exporter_shares(tmp_path):
+    """A fresh GoogLeNet-rs: its BatchNorms (after the ReLUs) have equal weights and variances,
+    so the exporter stores one constant for many inputs, on which ORT's quantizer failed."""
+    import numpy as np
+    import onnx
+    import torch
+    from rsnet.deploy import export_onnx, quantize_int8
+    from rsnet.deploy.onnx_io import open_session
+    from rsnet.deploy.quant import unshare_initializers
+    from rsnet.models.googlenet_rs import googlenet_rs
+
+    def inputs_from_constants(model):
+        inits = {i.name for i in model.graph.initializer}
+        return [n for node in model.graph.node for n in node.input if n in inits]
+
+    torch.manual_seed(0)
+    fp32 = export_onnx(googlenet_rs(4, input_size=32, bn_scale=True).eval(), tmp_path / "m.onnx", 32)
+    used = inputs_from_constants(onnx.load(str(fp32)))
+    assert len(used) > len(set(used))  # the exporter did share constants ...
+    used = inputs_from_constants(unshare_initializers(onnx.load(str(fp32))))
+    assert len(used) == len(set(used))  # ... the copy the quantizer gets does not
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), np.float32)
+    int8 = quantize_int8(fp32, tmp_path / "m_int8.onnx", [x])
+    a = open_session(fp32).run(None, {"input": x})[0]
+    b = open_session(int8).run(None, {"input": x})[0]
+    assert np.abs(a - b).max() < 0.2 * np.abs(a).max()  # int8 near fp32 on its calibration

@@ -33,6 +33,36 @@ def _tempdir(path: str):
         tempfile.tempdir = before
 
 
+def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of ``model`` in which no initializer feeds two node inputs, or None if none does.
+
+    The exporter shares equal constants between layers (a fresh BatchNorm's weight and running
+    variance are all ones, its bias and mean all zeros), and ORT's quantizer then fails on a
+    shared tensor ("Input tensor must have at least 3 dimensions")."""
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                uses[name] = uses.get(name, 0) + 1
+    if all(n <= 1 for n in uses.values()):
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    seen: dict[str, int] = {}
+    for node in copy.graph.node:
+        for k, name in enumerate(node.input):
+            if uses.get(name, 0) > 1:
+                seen[name] = seen.get(name, 0) + 1
+                if seen[name] > 1:  # every use after the first gets its own copy
+                    clone = onnx.TensorProto()
+                    clone.CopyFrom(inits[name])
+                    clone.name = f"{name}_use{seen[name]}"
+                    copy.graph.initializer.append(clone)
+                    node.input[k] = clone.name
+    return copy
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: Sequence[np.ndarray],
                   method: str = "minmax", per_channel: bool = True, compact: bool = True) -> Path:
     """Write the int8 version of ``fp32_path`` to ``out_path``, calibrated on ``calib`` batches.
@@ -54,6 +84,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: Sequence[n
         raise RsnetError("int8 calibration needs images: set export.calib_images > 0")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     source = onnx.load(str(fp32_path))
+    unshared = unshare_initializers(source)
     input_name = source.graph.input[0].name
 
     class Reader(CalibrationDataReader):
@@ -73,6 +104,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: Sequence[n
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         # ONNX Runtime's own temporary files (the calibration's augmented model) go there too
         with quiet_loggers("onnxruntime", "root"), _tempdir(tmp):
+            if unshared:  # quantize a copy whose constants are one per use
+                fp32_path = Path(tmp) / "unshared.onnx"
+                onnx.save(unshared, str(fp32_path))
             quant_pre_process(str(fp32_path), str(prepared))
             quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
