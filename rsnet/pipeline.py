@@ -35,9 +35,17 @@ from rsnet.validate import validate
 log = logging.getLogger(__name__)
 
 
+# Settings that act only through other keys of the resolved config (target sets
+# scaling.widths.round_to): left out of the fingerprint, which holds their effect already, so
+# a run directory made before they existed still resumes.
+DERIVED_KEYS = ("target",)
+
+
 def fingerprint(cfg: DictConfig) -> str:
     """Hash of the resolved config without the keys that do not change results."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    for key in DERIVED_KEYS:
+        container.pop(key, None)
     for dotted in NON_RESULT_KEYS:
         *parents, leaf = dotted.split(".")
         node = container

@@ -50,3 +50,13 @@ def test_misspelt_keys_fail_at_compose_time(override):
 def test_wrong_types_fail_at_compose_time():
     with pytest.raises(ConfigCompositionException):
         compose_cfg("train.epochs=many")
+
+
+def test_a_target_sets_the_width_multiple_and_the_fingerprint_holds_its_effect_once():
+    from rsnet.pipeline import fingerprint
+    avx2 = compose_cfg("target=x86_avx2")
+    assert avx2.scaling.widths.round_to == 8 and compose_cfg().scaling.widths.round_to is None
+    assert compose_cfg("target=x86_avx512").scaling.widths.round_to == 16
+    explicit = compose_cfg("scaling.widths.round_to=8")  # the same run, said another way
+    assert fingerprint(avx2) == fingerprint(explicit)
+    assert fingerprint(avx2) != fingerprint(compose_cfg())
