@@ -106,6 +106,9 @@ def deployment_lines(metrics: dict) -> list[str]:
             text = ", ".join(f"{f / q:.2f}x at batch {b}" for b, f, q in ratios if f and q)
             if text:
                 lines.append(f"- {RUNTIME_LABELS.get(rt, rt)}: int8 speed-up over its own fp32: {text}.")
+            if f"{rt}_int8/unsupported" in metrics:
+                lines.append(f"- {RUNTIME_LABELS.get(rt, rt)}: the int8 file does not run: "
+                             f"{metrics[f'{rt}_int8/unsupported']}")
     return lines
 
 

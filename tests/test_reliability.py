@@ -231,3 +231,41 @@ def test_int8_quantization_survives_constants_the_exporter_shares(tmp_path):
     a = open_session(fp32).run(None, {"input": x})[0]
     b = open_session(int8).run(None, {"input": x})[0]
     assert np.abs(a - b).max() < 0.2 * np.abs(a).max()  # int8 near fp32 on its calibration
+
+
+def test_a_runtime_that_cannot_run_the_int8_file_keeps_its_fp32_results(tmp_path):
+    """ExecuTorch's XNNPACK could not load the int8 program of a pruned ResNet-56 (a quantized
+    channel pad): the fp32 results stand, the int8 file goes, and the metrics say why."""
+    import torch
+    from omegaconf import OmegaConf
+    from rsnet.config import ExportConfig
+    from rsnet.data import build_data
+    from rsnet.deploy.runtimes import Predictor
+    from rsnet.stages.export import runtime_metrics
+    from test_data import synthetic_cfg
+
+    weight = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+
+    def net(x):
+        return x.mean((2, 3)) @ weight
+
+    class NoInt8:
+        name = "noint8"
+
+        def open(self, path, threads, batch_size=None):
+            if "int8" in path.name:
+                raise RsnetError(f"cannot load {path.name}: no int8 kernel for a channel pad")
+            return Predictor(lambda x: net(torch.from_numpy(x)).numpy(), {"precision": "f32"})
+
+    data = build_data(synthetic_cfg(num_classes=3))
+    files = {"fp32": tmp_path / "model.pte", "int8": tmp_path / "model_int8.pte"}
+    for f in files.values():
+        f.write_bytes(b"program")
+    ex = OmegaConf.merge(OmegaConf.structured(ExportConfig()),
+                         {"latency": {"batch_sizes": [1], "runs": 2, "warmup": 0, "threads": 1}})
+    x = [data.test.images[:4].float()]
+    m = runtime_metrics(NoInt8(), files, net(x[0]), x, data, 8, ex)
+    assert m["noint8/top1_agreement"] == 1.0 and "noint8/test/acc" in m
+    assert "latency/noint8_fp32_b1_ms" in m and "latency/noint8_int8_b1_ms" not in m
+    assert "channel pad" in m["noint8_int8/unsupported"] and "noint8_int8/test/acc" not in m
+    assert files["fp32"].exists() and not files["int8"].exists()

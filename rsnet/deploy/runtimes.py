@@ -190,7 +190,8 @@ class ExecuTorch:
             method = Runtime.get().load_program(path).load_method("forward")
         except Exception as e:  # noqa: BLE001 - the bindings raise RuntimeError and others
             raise RsnetError(f"ExecuTorch cannot load {path} ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:200]}); re-export it") from e
+                             f"{str(e).strip().splitlines()[0][:200]}); re-export it, or, if "
+                             f"it was just exported, its backend cannot run this model") from e
         global _EXECUTORCH_THREADS
         if _EXECUTORCH_THREADS != int(threads):
             # XNNPACK's process-wide thread pool; the reset frees the old pool under any method
