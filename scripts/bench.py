@@ -403,7 +403,8 @@ def bench_deploy(args) -> dict:
         m = run(cfg, run_dir)
         row = {"run": spec, "run_dir": str(run_dir.relative_to(REPO)),
                **{k: m.get(k) for k in DEPLOY_KEYS},
-               **{k: v for k, v in m.items() if k.startswith("latency/") and k.endswith("_ms")}}
+               **{k: v for k, v in m.items() if k.startswith("latency/") and k.endswith("_ms")},
+               **{k: v for k, v in m.items() if k.endswith("/unsupported")}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return {"rows": deploy_ratios(rows)}
@@ -458,6 +459,8 @@ def deploy_markdown(result: dict) -> str:
                      for b in batches for kind in ("fp32", "int8")]
             lines.append(f"| `{r['run']}` | {r['vs_first/macs']:.3f} | " + " | ".join(cells) + " |")
     flags = result["machine"].get("cpu_flags") or {}
+    lines += [f"- `{r['run']}`: {k.split('_int8/')[0]} int8 does not run: {v}" for r in rows
+              for k, v in r.items() if k.endswith("/unsupported")]
     lines += ["", "CPU: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())]
     return "\n".join(lines)
 
