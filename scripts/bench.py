@@ -239,14 +239,12 @@ RUNTIMES = [("PyTorch eager", "torch", "test/acc", None), ("ONNX Runtime", "ort"
 
 
 def planned_pair(experiment: str, target: str, classes: int, base_classes: int):
-    """(Psi, Psi') of ``experiment`` for ``target``: the C-way baseline and the N-way model at
-    its rs plan's widths (fresh weights: latency does not depend on them)."""
+    """(Psi, Psi', input size) of ``experiment`` for ``target``: the C-way baseline and the
+    N-way model at the plan stage's widths (fresh weights: latency does not depend on them)."""
     from rsnet.graph import analyze
     from rsnet.metrics import count_macs, count_params
     from rsnet.models.widths import build_at_widths
-    from rsnet.plan.budget import make_budget
-    from rsnet.plan.policies import Scaler, WidthRule
-    from hydra.utils import instantiate
+    from rsnet.stages.plan import solve
 
     cfg = compose_cfg(f"experiment={experiment}", f"target={target}",
                       f"dataset.num_classes={classes}", "model.checkpoint=null")
@@ -256,21 +254,17 @@ def planned_pair(experiment: str, target: str, classes: int, base_classes: int):
     graph = analyze(build_model(cfg.model, classes), size, fixed=list(sc.fixed),
                     tie=[list(t) for t in sc.tie], leaf_modules=list(sc.leaf_modules))
     base = {"params": count_params(psi), "macs": count_macs(psi, size)}
-    budget = make_budget(sc.budget.rule, sc.budget.unit, base[sc.budget.unit], classes,
-                         base_classes, sc.budget.lam, sc.budget.value)
-    plan = instantiate(sc.policy, _convert_="all").make(
-        Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), sc.bottleneck),
-        budget, base)
+    plan = solve(sc, graph, base, classes, base_classes)
     prime = build_at_widths(cfg.model, classes, plan.widths(), psi)
     for net in (psi, prime):
         _trained_like_bn(net)
-    return psi.eval(), prime.eval(), size, plan
+    return psi.eval(), prime.eval(), size
 
 
 @torch.no_grad()
 def _trained_like_bn(net: torch.nn.Module) -> None:
-    """BatchNorm parameters and statistics unlike a fresh layer's ones and zeros (which the
-    ONNX exporter would share between layers as equal constants), as after training."""
+    """BatchNorm parameters and statistics drawn as after training, not a fresh layer's ones
+    and zeros (int8 calibration then sees realistic per-channel scales)."""
     g = torch.Generator().manual_seed(0)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -286,51 +280,13 @@ def bench_widths(args) -> dict:
     """Psi and Psi' (rs, N = --classes) of each thesis family for each deployment target
     (its channel multiple): parameters, MACs, and fp32 latency at batch --latency-batch on ONNX
     Runtime and OpenVINO with 2 threads, timed in --repeats interleaved rounds (every model and
-    runtime once per round; the median over rounds of each round's median)."""
-    from rsnet.deploy.onnx_io import export_onnx, open_session
-    from rsnet.deploy.quant import quantize_int8
-    from rsnet.deploy.runtimes import OpenVINO, Predictor, predictor_latency
-    from rsnet.metrics import count_macs, count_params
-
-    rows, tmp = [], Path(tempfile.mkdtemp(prefix="rsnet-bench-widths-"))
-    for experiment in args.experiments:
-        models = {}
-        for target in args.targets:
-            psi, prime, size, plan = planned_pair(experiment, target, args.classes, args.base_classes)
-            models.setdefault("Psi", psi)
-            models[f"Psi' {target}"] = prime
-        preds, ops = {}, {}
-        for k, (label, net) in enumerate(models.items()):
-            files = {"fp32": export_onnx(net, tmp / f"{experiment}_{k}.onnx", size)}
-            if args.int8:  # ranges from random images: the speed, not the accuracy, of int8
-                calib = [np.random.default_rng(i).standard_normal((32, 3, size, size), np.float32)
-                         for i in range(4)]
-                files["int8"] = quantize_int8(files["fp32"], tmp / f"{experiment}_{k}_int8.onnx", calib)
-            ops[label] = {p: ort_graph_ops(f) for p, f in files.items()}
-            for precision, path in files.items():
-                session = open_session(path, threads=2)
-                name = session.get_inputs()[0].name
-                preds[(label, f"ort_{precision}")] = Predictor(
-                    lambda x, s=session, n=name: s.run(None, {n: x})[0], {})
-                preds[(label, f"openvino_{precision}")] = OpenVINO().open(
-                    path, threads=2, batch_size=args.latency_batch)
-        times = {k: [] for k in preds}
-        for _ in progress.bar(range(args.repeats), desc=f"{experiment} rounds"):
-            for k, pred in preds.items():
-                times[k].append(predictor_latency(pred, size, args.latency_batch, runs=20, warmup=3))
-        for label, net in models.items():
-            row = {"experiment": experiment, "model": label, "params": count_params(net),
-                   "macs": count_macs(net, size),
-                   "min_width_multiple": None if label == "Psi" else _multiple(net),
-                   "ort_graph_ops": ops[label]}
-            for (model, key), t in times.items():
-                if model == label:
-                    row[f"{key}_b{args.latency_batch}_ms"] = float(np.median(t))
-            for rt in ("ort", "openvino"):
-                if f"{rt}_int8_b{args.latency_batch}_ms" in row:
-                    row[f"{rt}_int8_speedup"] = (row[f"{rt}_fp32_b{args.latency_batch}_ms"]
-                                                 / row[f"{rt}_int8_b{args.latency_batch}_ms"])
-            rows.append(row)
+    runtime once per round; the median over rounds of each round's median). --int8 adds the
+    static int8 (QDQ) file of each on both runtimes and its speed-up over the same runtime's
+    fp32."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rsnet-bench-widths-") as tmp:
+        for experiment in args.experiments:
+            rows += _time_widths(experiment, args, Path(tmp))
     for r in rows:  # Psi' against its own family's Psi
         psi = next(p for p in rows if p["experiment"] == r["experiment"] and p["model"] == "Psi")
         r["macs_ratio"] = r["macs"] / psi["macs"]
@@ -339,6 +295,52 @@ def bench_widths(args) -> dict:
             r[f"{rt}_latency_ratio"] = r[key] / psi[key]
             r[f"{rt}_latency_over_macs"] = r[f"{rt}_latency_ratio"] / r["macs_ratio"]
     return {"rows": rows}
+
+
+def _time_widths(experiment: str, args, tmp: Path) -> list[dict]:
+    """One family's rows of :func:`bench_widths`: its files in ``tmp``, timed interleaved."""
+    from rsnet.deploy.onnx_io import export_onnx, open_session
+    from rsnet.deploy.quant import quantize_int8
+    from rsnet.deploy.runtimes import OpenVINO, Predictor, predictor_latency
+    from rsnet.metrics import count_macs, count_params
+
+    models = {}
+    for target in args.targets:
+        psi, prime, size = planned_pair(experiment, target, args.classes, args.base_classes)
+        models.setdefault("Psi", psi)
+        models[f"Psi' {target}"] = prime
+    preds, ops = {}, {}
+    for k, (label, net) in enumerate(models.items()):
+        files = {"fp32": export_onnx(net, tmp / f"{experiment}_{k}.onnx", size)}
+        if args.int8:  # ranges from random images: the speed, not the accuracy, of int8
+            calib = [np.random.default_rng(i).standard_normal((32, 3, size, size), np.float32)
+                     for i in range(4)]
+            files["int8"] = quantize_int8(files["fp32"], tmp / f"{experiment}_{k}_int8.onnx", calib)
+        ops[label] = {p: ort_graph_ops(f) for p, f in files.items()}
+        for precision, path in files.items():
+            session = open_session(path, threads=2)
+            name = session.get_inputs()[0].name
+            preds[(label, f"ort_{precision}")] = Predictor(
+                lambda x, s=session, n=name: s.run(None, {n: x})[0], {})
+            preds[(label, f"openvino_{precision}")] = OpenVINO().open(
+                path, threads=2, batch_size=args.latency_batch)
+    times = {k: [] for k in preds}
+    for _ in progress.bar(range(args.repeats), desc=f"{experiment} rounds"):
+        for k, pred in preds.items():
+            times[k].append(predictor_latency(pred, size, args.latency_batch, runs=20, warmup=3))
+    rows, b = [], args.latency_batch
+    for label, net in models.items():
+        row = {"experiment": experiment, "model": label, "params": count_params(net),
+               "macs": count_macs(net, size),
+               "min_width_multiple": None if label == "Psi" else _multiple(net),
+               "ort_graph_ops": ops[label],
+               **{f"{key}_b{b}_ms": float(np.median(t)) for (m, key), t in times.items()
+                  if m == label}}
+        for rt in ("ort", "openvino"):
+            if f"{rt}_int8_b{b}_ms" in row:
+                row[f"{rt}_int8_speedup"] = row[f"{rt}_fp32_b{b}_ms"] / row[f"{rt}_int8_b{b}_ms"]
+        rows.append(row)
+    return rows
 
 
 def ort_graph_ops(path: Path) -> dict[str, int]:

@@ -53,18 +53,24 @@ def make_plan(ctx: Context) -> WidthPlan | None:
     graph = analyze_nway(ctx, prunable=instantiate(cfg.compression.method).carves_plan)
     base_cost = {"params": count_params(ctx.model), "macs": count_macs(ctx.model, ctx.input_size)}
     num_base = sc.budget.num_base_classes or len(data.base_class_names)
+    plan = solve(sc, graph, base_cost, data.num_outputs, num_base)
+    plan.solve_time_s = time.perf_counter() - t0
+    plan.save(path)
+    log.info("%s", plan.table())
+    return plan
+
+
+def solve(sc, graph, base_cost: dict, num_outputs: int, num_base: int) -> WidthPlan:
+    """The ``scaling`` settings' plan for the traced N-way ``graph``: its budget from the
+    baseline's cost, its policy, its width rule (the target's multiple included)."""
     budget = make_budget(sc.budget.rule, sc.budget.unit, base_cost[sc.budget.unit],
-                         data.num_outputs, num_base, sc.budget.lam, sc.budget.value)
+                         num_outputs, num_base, sc.budget.lam, sc.budget.value)
     try:
         policy = instantiate(sc.policy, _convert_="all")
     except InstantiationException as e:
         raise RsnetError(f"scaling.policy of scaling={sc.name} is invalid: {e}") from e
     scaler = Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), sc.bottleneck)
-    plan = policy.make(scaler, budget, base_cost)
-    plan.solve_time_s = time.perf_counter() - t0
-    plan.save(path)
-    log.info("%s", plan.table())
-    return plan
+    return policy.make(scaler, budget, base_cost)
 
 
 def plan_metrics(plan: WidthPlan) -> dict:
