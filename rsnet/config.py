@@ -60,6 +60,9 @@ class ModelConfig:
     checkpoint: Optional[str] = None  # weights file; relative names: $RSNET_MODELS, ./models, ../shared/models
     input_size: int = 32  # square input side in pixels (for MACs, latency, export)
     head: str = "subset"  # C-way -> N-way head: "subset" (start from the baseline's rows) or "reset"
+    # torch.compile speeds this family's training step up on the CPU (scripts/bench.py compile,
+    # docs/bench/compile.json): train.compile=auto follows it
+    compile_pays: bool = False
 
 
 @dataclass
@@ -87,6 +90,8 @@ class TrainConfig:
     # AMX; else fp32) | fp32 | bf16 | fp16 (fp16 on CUDA only)
     precision: str = "auto"
     channels_last: bool = True
+    # torch.compile the training step: auto (where model.compile_pays says it pays) | true | false
+    compile: Any = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     threads: Optional[int] = None  # torch intra-op threads; None leaves torch's default
     # Under torchrun (WORLD_SIZE > 1): batch_size is the global batch, split among the processes.
@@ -104,8 +109,12 @@ class BudgetConfig:
     rule: str = "thesis"  # thesis: Phi (lam + N/C) | thesis_alt: Phi (lam + (1-lam) N/C) | ratio | absolute
     lam: float = 0.045  # class-agnostic share lambda of the thesis rules
     value: Optional[float] = None  # ratio of Phi (rule=ratio) or absolute cost (rule=absolute)
-    unit: str = "params"  # params | macs, at model.input_size
+    # params | macs, at model.input_size | latency: ms at batch 1 on ``runtime`` with
+    # export.latency.threads threads, from a measured layer table (rsnet/plan/latency.py)
+    unit: str = "params"
     num_base_classes: Optional[int] = None  # C; None = the dataset's number of classes
+    runtime: str = "onnxruntime"  # unit=latency: the runtime the milliseconds are measured on
+    threads: int = 1  # unit=latency: its intra-op threads (one core: steadier to measure)
 
 
 @dataclass
@@ -248,8 +257,14 @@ class RunConfig:
 # Keys that do not change a run's result: they are left out of the run directory's name
 # and of the config fingerprint that decides whether a run directory can be resumed.
 NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "dataset.cache_dir",
-                   "train.device", "train.threads", "train.latency_runs", "train.dist_backend",
+                   "train.device", "train.threads", "train.latency_runs", "train.compile",
+                   "model.compile_pays", "train.dist_backend",
                    "train.dist_timeout_min")
+
+
+# Keys added after run directories existed, with the value they had implicitly before: left
+# out of the fingerprint while they hold it, so those run directories still resume.
+ADDED_KEYS = {"scaling.budget.runtime": "onnxruntime", "scaling.budget.threads": 1}
 
 
 def _dirname(override_dirname: str) -> str:

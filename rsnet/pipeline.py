@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rsnet import progress
-from rsnet.config import NON_RESULT_KEYS, STAGES
+from rsnet.config import ADDED_KEYS, NON_RESULT_KEYS, STAGES
 from rsnet.deploy import CALIB_METHODS
 from rsnet.errors import RsnetError
 from rsnet.stages import PIPELINE, Context
@@ -46,12 +46,13 @@ def fingerprint(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in DERIVED_KEYS:
         container.pop(key, None)
-    for dotted in NON_RESULT_KEYS:
+    for dotted in (*NON_RESULT_KEYS, *ADDED_KEYS):
         *parents, leaf = dotted.split(".")
         node = container
         for p in parents:
             node = node.get(p) or {}
-        node.pop(leaf, None)
+        if dotted in NON_RESULT_KEYS or node.get(leaf) == ADDED_KEYS[dotted]:
+            node.pop(leaf, None)
     return hashlib.sha1(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -147,7 +148,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     validate(cfg)
     check_settings(cfg)
     torch.manual_seed(cfg.seed)
-    rt = resolve_runtime(cfg.train)  # under torchrun: joins the job's process group
+    rt = resolve_runtime(cfg.train, cfg.model.compile_pays)  # under torchrun: joins its group
     main = rt.dist.is_main  # in a torchrun job only rank 0 reads and writes the run directory
     progress.set_enabled(cfg.progress and main)
     if main:

@@ -12,6 +12,12 @@ fp32: emulated bf16 trains slower than fp32 on a CPU without AVX512-BF16 or AMX)
 autocast on CUDA with a ``torch.amp.GradScaler`` (loss scaling against fp16 gradient
 underflow), whose state is saved in and restored from ``last.pt``.
 
+``train.compile`` runs the training step through ``torch.compile`` (inductor; evaluation and
+checkpoints use the eager module, so a compiled run resumes an eager one and back). Its
+default ``auto`` compiles where the model family's measurement says it pays
+(``model.compile_pays``, from ``scripts/bench.py compile``); the first compiled step's time,
+mostly compilation, is logged and kept as ``train/first_step_s``.
+
 Under torchrun (WORLD_SIZE > 1) ``fit`` trains with DistributedDataParallel: each rank takes
 its slice of every global batch of ``train.batch_size`` images (see BatchLoader), gradients
 are averaged, BatchNorm statistics are averaged at the end of every epoch (or synchronised
@@ -58,6 +64,7 @@ class Runtime:
     channels_last: bool
     dist: DistInfo = DistInfo()
     sync_bn: bool = False  # SyncBatchNorm in data-parallel training
+    compile: bool = False  # fit runs its training step through torch.compile
 
     def local(self) -> Runtime:
         """The same device and precision for work one process does alone (no DDP)."""
@@ -73,9 +80,11 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def resolve_runtime(cfg: TrainConfig) -> Runtime:
-    """Device, precision and memory format from the train settings. Under torchrun
-    (WORLD_SIZE > 1) it also joins the job's process group, each rank on cuda:LOCAL_RANK."""
+def resolve_runtime(cfg: TrainConfig, compile_pays: bool = False) -> Runtime:
+    """Device, precision, memory format and torch.compile from the train settings
+    (``compile_pays``: what train.compile=auto follows, the model's ``compile_pays``). Under
+    torchrun (WORLD_SIZE > 1) it also joins the job's process group, each rank on
+    cuda:LOCAL_RANK."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = distributed.from_env()
@@ -106,7 +115,17 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         backend = cfg.dist_backend if cfg.dist_backend != "auto" else \
             "nccl" if device.type == "cuda" else "gloo"
         distributed.init(info, backend, device, cfg.dist_timeout_min)
-    return Runtime(device, dtypes[precision], cfg.channels_last, info, cfg.sync_bn)
+    return Runtime(device, dtypes[precision], cfg.channels_last, info, cfg.sync_bn,
+                   _compile(cfg.get("compile", False), compile_pays))
+
+
+def _compile(setting, compile_pays: bool) -> bool:
+    """train.compile: true / false as given, auto = where the model family's measurement says
+    it pays (model.compile_pays)."""
+    value = str(setting).lower()
+    if value not in ("auto", "true", "false"):
+        raise RsnetError(f"train.compile={setting!r}: use auto, true or false")
+    return compile_pays if value == "auto" else value == "true"
 
 
 def _rank_gpu(cfg: TrainConfig, info: DistInfo) -> torch.device:
@@ -293,13 +312,14 @@ def _load_on_main(path: Path, what: str, rt: Runtime):
 
 
 def _train_epoch(net: nn.Module, model: nn.Module, run: _Fit, scaler, epoch: int
-                 ) -> tuple[int, float, int, float]:
-    """One epoch of optimizer steps; returns (images seen, summed loss, correct, seconds)."""
+                 ) -> tuple[int, float, int, float, float]:
+    """One epoch of optimizer steps; returns (images seen, summed loss, correct, seconds,
+    seconds of the first step)."""
     rt, loader, distill, optimizer = run.rt, run.loader, run.distill, run.optimizer
     torch.manual_seed(run.seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
     loader.set_epoch(epoch)
     model.train()
-    t0, seen = time.perf_counter(), 0
+    t0, seen, first_step = time.perf_counter(), 0, 0.0
     # summed on the device: no host sync per step (a GPU runs ahead of the Python loop)
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
@@ -316,6 +336,8 @@ def _train_epoch(net: nn.Module, model: nn.Module, run: _Fit, scaler, epoch: int
         run.scheduler.step()
         for hook in run.hooks:
             hook.step(epoch * len(loader) + step)
+        if step == 0:
+            first_step = time.perf_counter() - t0
         seen += len(y)
         loss_sum += loss.detach().float() * len(y)
         correct += (main_logits(output).argmax(1) == y).sum()
@@ -324,7 +346,7 @@ def _train_epoch(net: nn.Module, model: nn.Module, run: _Fit, scaler, epoch: int
             batches.set_postfix(loss=f"{loss.item():.3f}")
     loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
     train_time = time.perf_counter() - t0
-    return seen, loss_sum, correct, train_time
+    return seen, loss_sum, correct, train_time, first_step
 
 
 def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
@@ -351,9 +373,11 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
         log.info("resuming training from %s after epoch %d", last_path, start)
         del state
     net = distributed.wrap_ddp(model, rt.device) if rt.dist.enabled else model
+    if rt.compile:  # the training step only; evaluation and checkpoints use ``model`` itself
+        net = torch.compile(net)
 
     for epoch in bar(range(start, run.epochs), desc="epochs", initial=start, total=run.epochs):
-        seen, loss_sum, correct, train_time = _train_epoch(net, model, run, scaler, epoch)
+        seen, loss_sum, correct, train_time, first_step = _train_epoch(net, model, run, scaler, epoch)
         if rt.dist.enabled:  # the whole job's epoch, and one model on every rank
             seen, loss_sum, correct = distributed.all_reduce_sum([seen, loss_sum, correct], rt.device)
             distributed.average_buffers(model)
@@ -362,6 +386,9 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
         row = {"epoch": epoch + 1, "train/loss": loss_sum / seen, "train/acc": correct / seen,
                "train/images_per_s": seen / train_time, "train/epoch_s": train_time,
                "lr": optimizer.param_groups[0]["lr"], **{f"val/{k}": v for k, v in val.items()}}
+        if rt.compile and epoch == start:  # this process compiled the step in its first one
+            row["train/first_step_s"] = first_step
+            log.info("torch.compile: the first training step took %.1f s (compilation)", first_step)
         history.append(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f img/s", epoch + 1,
                  run.epochs, row["train/loss"], row["train/acc"], row["val/acc"],

@@ -3,6 +3,8 @@
     python scripts/bench.py train [--models resnet20 resnet56] [--steps 40] [--out FILE]
     python scripts/bench.py plan
     python scripts/bench.py deploy [--runs resnet56_deploy "resnet56_prune_half export=int8"]
+    python scripts/bench.py compile [--models resnet20 googlenet_rs mobilenet_v1] [--modes fp32+cl]
+    python scripts/bench.py latency [--experiments googlenet_rs mobilenet_rs] [--ratios 0.5 0.3]
 
 ``plan``: time of the graph analysis and of the rs solver, and the rs plans themselves, for
 the thesis's GoogLeNet (227 px, C = 1000, BN without scale) and the 64 px GoogLeNet and
@@ -41,6 +43,8 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+from torch._inductor.utils import clear_caches
 
 import rsnet.config  # noqa: F401  (registers the config schema and resolvers)
 from rsnet import progress
@@ -50,11 +54,12 @@ from rsnet.errors import RsnetError
 from rsnet.hardware import cpu_flags
 from rsnet.models import build_model
 from rsnet.stages.train import fit_from_config
-from rsnet.train import predict, resolve_runtime
+from rsnet.train import main_logits, predict, resolve_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODES = {"fp32": ("fp32", False), "bf16+cl": ("bf16", True), "fp16+cl": ("fp16", True)}
+MODES = {"fp32": ("fp32", False), "fp32+cl": ("fp32", True), "bf16+cl": ("bf16", True),
+         "fp16+cl": ("fp16", True)}
 
 
 def compose_cfg(*overrides: str):
@@ -67,7 +72,7 @@ def step_fn(model, rt, optimizer):
 
     def step(x, y):
         with rt.autocast():
-            loss = criterion(model(x), y)
+            loss = criterion(main_logits(model(x)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,12 +93,15 @@ def timed(batches, step, warmup: int, steps: int, batch_size: int) -> float:
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def bare(model, rt, batch_size, warmup, steps) -> float:
-    x = torch.randn(batch_size, 3, 32, 32, device=rt.device)
+def bare(model, rt, batch_size, warmup, steps, size: int = 32, classes: int = 10,
+         net=None) -> float:
+    """The model step alone on one in-memory float batch; ``net`` (e.g. the compiled model)
+    runs the forward pass when given, ``model``'s parameters are optimised."""
+    x = torch.randn(batch_size, 3, size, size, device=rt.device)
     if rt.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,), device=rt.device)
-    step = step_fn(model, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    y = torch.randint(0, classes, (batch_size,), device=rt.device)
+    step = step_fn(model if net is None else net, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
     return timed(iter(lambda: (x, y), None), step, warmup, steps, batch_size)
 
 
@@ -161,7 +169,8 @@ def bench_train(args) -> dict:
         mcfg = compose_cfg(f"model={name}").model
         for mode in args.modes:
             precision, cl = MODES[mode]
-            tcfg = OmegaConf.merge(cfg.train, {"precision": precision, "channels_last": cl})
+            tcfg = OmegaConf.merge(cfg.train, {"precision": precision, "channels_last": cl,
+                                               "compile": False})  # compile: its own section
             rt = resolve_runtime(tcfg)
             fresh = lambda: rt.prepare(build_model(mcfg, 10))  # noqa: E731
             row = {"model": name, "mode": mode, "batch_size": args.batch_size}
@@ -189,6 +198,199 @@ def bench_train(args) -> dict:
         out["accuracy_epochs"] = args.accuracy_epochs
         out["test_acc"] = {m: trained_accuracy(cfg, data, m, args.accuracy_epochs) for m in args.modes}
     return out
+
+
+# classes of each family's usual task (the thesis families: Tiny-ImageNet-200 at 64 px)
+FAMILY_CLASSES = {"googlenet_rs": 200, "mobilenet_v1": 200}
+
+
+def bench_compile(args) -> dict:
+    """Per model family and mode: the eager bare step against the same step through
+    ``torch.compile`` (inductor), images/s on one in-memory batch at the family's input size,
+    the compile time (the first compiled step, forward and backward) apart, with an empty
+    inductor cache (a first run) and with the cache that run filled (a later run)."""
+    progress.set_enabled(False)
+    rows = []
+    for name in args.models:
+        mcfg = compose_cfg(f"model={name}").model
+        size, classes = int(mcfg.input_size), FAMILY_CLASSES.get(name, 10)
+        for mode in args.modes:
+            precision, cl = MODES[mode]
+            rt = resolve_runtime(OmegaConf.create({**OmegaConf.to_container(
+                compose_cfg().train, resolve=True), "precision": precision, "channels_last": cl}))
+
+            def fresh():
+                torch.manual_seed(0)
+                return rt.prepare(build_model(mcfg, classes))
+            bare(fresh(), rt, args.batch_size, 3, 1, size, classes)  # warm oneDNN's kernel caches
+            row = {"model": name, "mode": mode, "input_size": size, "classes": classes,
+                   "batch_size": args.batch_size, **graph_breaks(fresh(), rt, size),
+                   "eager_conv_share": conv_share(fresh(), rt, args.batch_size, size, classes)}
+            with tempfile.TemporaryDirectory(prefix="rsnet_inductor_") as tmp, \
+                    temporary_cache_dir(tmp):
+                # cold: an empty inductor cache (a first run); warm: the cache that run filled,
+                # read by a process without the first one's in-memory caches (a later run)
+                for key in ("compile_cold_s", "compile_warm_s"):
+                    torch._dynamo.reset()
+                    clear_caches()
+                    model = fresh()
+                    net = torch.compile(model)
+                    t0 = time.perf_counter()
+                    bare(model, rt, args.batch_size, 1, 0, size, classes, net=net)
+                    row[key] = time.perf_counter() - t0
+                for _ in range(args.repeats):  # interleaved, best of each (noise only slows a run)
+                    row["eager"] = max(row.get("eager", 0.0), bare(
+                        fresh(), rt, args.batch_size, args.warmup, args.steps, size, classes))
+                    row["compiled"] = max(row.get("compiled", 0.0), bare(
+                        model, rt, args.batch_size, args.warmup, args.steps, size, classes, net=net))
+                row["speedup"] = row["compiled"] / row["eager"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                torch._dynamo.reset()
+    return {"rows": rows}
+
+
+def bench_latency(args) -> dict:
+    """The latency budget (``scaling.budget.unit=latency``): per experiment and budget (a
+    ratio of the C-way Psi's measured ms at batch 1), the pipeline's plan stage on fresh
+    weights (its layer table carried from one budget to the next), the plan's prediction,
+    the plan as built measured by the stage, and measured again here from plan.json."""
+    import shutil
+
+    from rsnet.deploy.latency_table import measure_model_ms
+    from rsnet.models.widths import build_at_widths
+    from rsnet.pipeline import run
+    from rsnet.plan.latency import SESSIONS
+    from rsnet.plan import WidthPlan
+
+    rows, runs = [], compose_cfg().export.latency.runs
+    with tempfile.TemporaryDirectory(prefix="rsnet_latency_") as tmp:
+        for experiment in args.experiments:
+            lut = None
+            for ratio in args.ratios:
+                cfg = compose_cfg(f"experiment={experiment}", f"target={args.target}",
+                                  f"dataset.num_classes={args.classes}", "model.checkpoint=null",
+                                  "recipe=scratch", "scaling.budget.unit=latency", "scaling.budget.rule=ratio",
+                                  f"scaling.budget.value={ratio}", "stop_after=plan",
+                                  "progress=false")
+                run_dir = Path(tmp) / f"{experiment}_{ratio}"
+                run_dir.mkdir()
+                if lut is not None:  # the same layers: the entries measured so far
+                    shutil.copy(lut, run_dir / "latency_lut.json")
+                row = {"experiment": experiment, "target": args.target, "N": args.classes,
+                       "budget_ratio": ratio}
+                t0 = time.perf_counter()
+                try:
+                    run(cfg, run_dir)
+                except RsnetError as e:  # a budget below the narrowest plan: a row that says so
+                    if "no width plan fits" not in str(e):
+                        raise
+                    rows.append({**row, "failed": str(e)})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
+                row["plan_s"] = time.perf_counter() - t0
+                lut = run_dir / "latency_lut.json"
+                plan = WidthPlan.load(run_dir / "plan.json")
+                torch.manual_seed(0)
+                full = build_model(cfg.model, args.classes)
+                built = build_at_widths(cfg.model, args.classes, plan.widths(), full).eval()
+                runs, threads = cfg.export.latency.runs, cfg.scaling.budget.threads
+                row.update({"budget_ms": plan.budget["value"], "psi_ms": plan.budget["baseline"],
+                            "factors": [m.factor for m in plan.macro],
+                            "params": plan.predicted["params"], "macs": plan.predicted["macs"],
+                            "params_ratio": plan.predicted["params"] / plan.baseline["params"],
+                            "macs_ratio": plan.predicted["macs"] / plan.baseline["macs"],
+                            **{k: v for k, v in plan.latency.items() if k != "rounds"},
+                            "solves": len(plan.latency["rounds"]), "rounds": plan.latency["rounds"],
+                            "remeasured_ms": measure_model_ms(built, cfg.model.input_size,
+                                                              threads, runs, sessions=SESSIONS)})
+                row["remeasured_error"] = row["remeasured_ms"] / row["predicted_ms"] - 1
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return {"rows": rows, "session_spread": session_spread(args.experiments[0], runs)}
+
+
+def session_spread(experiment: str, runs: int, sessions: int = 5) -> list[dict]:
+    """How far one model's batch-1 latency moves between ONNX Runtime sessions: the fastest run
+    of each of ``sessions`` sessions, for 1 and 2 threads (Psi of ``experiment``, fresh weights)."""
+    from rsnet.deploy.latency_table import measure_model_ms
+
+    cfg = compose_cfg(f"experiment={experiment}", "model.checkpoint=null")
+    torch.manual_seed(0)
+    classes = 200
+    psi = build_model(cfg.model, classes).eval()
+    out = []
+    for threads in (1, 2):
+        ms = [measure_model_ms(psi, cfg.model.input_size, threads, runs, sessions=1)
+              for _ in range(sessions)]
+        out.append({"experiment": experiment, "classes": classes, "threads": threads,
+                    "fastest_ms_per_session": ms, "max_over_min": max(ms) / min(ms)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def latency_markdown(result: dict) -> str:
+    lines = ["| experiment | N | target | budget (x Psi) | budget ms | predicted ms | measured ms "
+             "(stage / again) | error (stage / again) | solves | MACs x Psi | plan s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['experiment']} | {r['N']} | {r['target']} | {r['budget_ratio']} | "
+                         f"{r['failed']} |||||||")
+            continue
+        lines.append(f"| {r['experiment']} | {r['N']} | {r['target']} | {r['budget_ratio']} | "
+                     f"{r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} / "
+                     f"{r['remeasured_ms']:.3f} | {r['error']:+.1%} / {r['remeasured_error']:+.1%} | "
+                     f"{r['solves']} | {r['macs_ratio']:.3f} | {r['plan_s']:.0f} |")
+    for s in result.get("session_spread", []):
+        lines.append(f"\n{s['experiment']} Psi ({s['classes']} classes), {s['threads']} thread(s): "
+                     f"fastest run per ONNX Runtime session "
+                     f"{', '.join(f'{m:.3f}' for m in s['fastest_ms_per_session'])} ms "
+                     f"(max / min {s['max_over_min']:.2f})")
+    return "\n".join(lines)
+
+
+def graph_breaks(model, rt, size: int) -> dict:
+    """What dynamo makes of the training forward: graphs, graph breaks and their reasons."""
+    x = torch.randn(2, 3, size, size, device=rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.train())(x)
+    torch._dynamo.reset()
+    return {"graphs": explained.graph_count, "graph_breaks": explained.graph_break_count,
+            "break_reasons": sorted({str(b.reason).splitlines()[0] for b in explained.break_reasons})}
+
+
+def conv_share(model, rt, batch_size: int, size: int, classes: int) -> float:
+    """Share of an eager training step's CPU time spent in convolutions and their gradients
+    (oneDNN's kernels either way: what compilation cannot speed up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(batch_size, 3, size, size, device=rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch_size,), device=rt.device)
+    step = step_fn(model, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    step(x, y)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step(x, y)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key.lower())
+    return conv / total
+
+
+def compile_markdown(result: dict) -> str:
+    lines = ["| model | input | mode | eager img/s | compiled img/s | compiled / eager | "
+             "compile s (cold / warm cache) | graph breaks | eager time in convolutions |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['input_size']} px, {r['classes']} classes | {r['mode']} | "
+                     f"{r['eager']:.0f} | {r['compiled']:.0f} | {r['speedup']:.2f}x | "
+                     f"{r['compile_cold_s']:.0f} / {r['compile_warm_s']:.0f} | {r['graph_breaks']} | {r['eager_conv_share']:.0%} |")
+    return "\n".join(lines)
 
 
 THESIS_N5 = [5.0] * 8 + [4.0] * 4  # method.md section 4
@@ -494,7 +696,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["train", "plan", "deploy", "widths"], nargs="?",
+    p.add_argument("section", choices=["train", "plan", "deploy", "widths", "compile", "latency"], nargs="?",
                    default="train")
     p.add_argument("--experiments", nargs="+", default=["googlenet_rs", "mobilenet_rs"],
                    help="widths: thesis experiments whose Psi and Psi' are timed")
@@ -504,6 +706,9 @@ def main() -> None:
     p.add_argument("--base-classes", type=int, default=200, help="widths: C classes of Psi")
     p.add_argument("--latency-batch", type=int, default=32, help="widths: batch size timed")
     p.add_argument("--int8", action="store_true", help="widths: also time static int8 files")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.3],
+                   help="latency: budgets as ratios of Psi's measured ms at batch 1")
+    p.add_argument("--target", default="generic", help="latency: deployment target (conf/target/)")
     p.add_argument("--runs", nargs="+", default=["resnet56_deploy", "resnet56_prune_half export=int8"],
                    help="deploy: experiment names, each optionally followed by overrides")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
@@ -525,7 +730,9 @@ def main() -> None:
     result = {"section": args.section, "machine": machine,
               "args": {k: str(v) for k, v in vars(args).items()}}
     sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),
-                "deploy": (bench_deploy, deploy_markdown), "widths": (bench_widths, widths_markdown)}
+                "deploy": (bench_deploy, deploy_markdown), "widths": (bench_widths, widths_markdown),
+                "compile": (bench_compile, compile_markdown),
+                "latency": (bench_latency, latency_markdown)}
     compute, render = sections[args.section]
     result.update(compute(args))
     args.out = args.out or REPO / "outputs" / "bench" / f"{args.section}.json"

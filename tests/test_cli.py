@@ -114,6 +114,37 @@ def test_an_impossible_budget_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "smallest plan" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_latency_budget_plans_on_measured_latency_and_names_its_setting(tmp_path):
+    """scaling.budget.unit=latency end to end on ONNX Runtime: the plan records its prediction
+    and the built plan's measured latency, its layer table is kept for a rerun; a budget below
+    the narrowest plan, and a runtime without a layer table, are one clear error each."""
+    lat = ["dataset.num_classes=4", "model.arch.stage_widths=[32,64,128]", "scaling=uniform",
+           "scaling.budget.unit=latency", "scaling.budget.rule=ratio", "scaling.budget.value=0.8",
+           "stop_after=plan"]  # wide enough that its latency is not all fixed overhead
+    res = run(tmp_path, *TINY, *lat)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    plan = json.loads((d / "plan.json").read_text())
+    latency = plan["latency"]
+    assert latency["runtime"] == "onnxruntime" and latency["threads"] == 1
+    assert latency["predicted_ms"] == pytest.approx(plan["predicted"]["latency"])
+    assert latency["predicted_ms"] <= plan["budget"]["value"]
+    assert latency["measured_ms"] > 0 and latency["rounds"]
+    assert json.loads((d / "latency_lut.json").read_text())["entries"]
+    from rsnet.plan import WidthPlan
+    from rsnet.stages.plan import plan_metrics
+    metrics = plan_metrics(WidthPlan.load(d / "plan.json"))  # what metrics.json gets
+    assert metrics["plan/budget_unit"] == "latency"
+    assert metrics["plan/latency_measured_ms"] == pytest.approx(latency["measured_ms"])
+    assert metrics["plan/budget_used"] == pytest.approx(latency["predicted_ms"] / plan["budget"]["value"])
+    res = run(tmp_path, *TINY, *lat[:-2], "scaling.budget.value=0.001", "stop_after=plan",
+              run_dir=tmp_path / "tiny_budget")
+    assert res.returncode == 2 and "scaling.budget.value" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "tiny_budget" / "plan.json").exists()
+    res = run(tmp_path, *TINY, *lat, "scaling.budget.runtime=openvino", run_dir=tmp_path / "ov")
+    assert res.returncode == 2 and "scaling.budget.runtime" in res.stderr
+
+
 def test_magnitude_pruning_keeps_its_sparsity_to_the_end(tmp_path):
     res = run(tmp_path, *TINY, "dataset.num_classes=4", "compression=magnitude",
               "compression.sparsity.final_sparsity=0.6", "compression.sparsity.end_epoch=1",

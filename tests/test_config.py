@@ -60,3 +60,17 @@ def test_a_target_sets_the_width_multiple_and_the_fingerprint_holds_its_effect_o
     explicit = compose_cfg("scaling.widths.round_to=8")  # the same run, said another way
     assert fingerprint(avx2) == fingerprint(explicit)
     assert fingerprint(avx2) != fingerprint(compose_cfg())
+
+
+def test_speed_settings_and_later_added_keys_leave_the_fingerprint_alone():
+    """train.compile changes only the speed; a key added later at its old implicit value
+    (scaling.budget.runtime, .threads) must not stop older run directories from resuming."""
+    from omegaconf import OmegaConf
+
+    from rsnet.pipeline import fingerprint
+    base = compose_cfg("scaling=rs")
+    assert fingerprint(compose_cfg("scaling=rs", "train.compile=true")) == fingerprint(base)
+    old = OmegaConf.to_container(base, resolve=True)  # as a config made before the keys existed
+    del old["scaling"]["budget"]["runtime"], old["scaling"]["budget"]["threads"]
+    assert fingerprint(OmegaConf.create(old)) == fingerprint(base)
+    assert fingerprint(compose_cfg("scaling=rs", "scaling.budget.threads=2")) != fingerprint(base)

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -82,6 +84,45 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     drop = ("train/images_per_s", "train/epoch_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in hist_full] == \
            [{k: v for k, v in r.items() if k not in drop} for r in hist_resumed]
+
+
+@pytest.mark.parametrize("setting, pays, expected", [("auto", True, True), ("auto", False, False),
+                                                     (True, False, True), ("false", True, False)])
+def test_train_compile_auto_follows_the_model_family(setting, pays, expected):
+    assert resolve_runtime(train_cfg(compile=setting), compile_pays=pays).compile is expected
+
+
+def test_bad_train_compile_names_the_setting():
+    with pytest.raises(RsnetError, match="train.compile"):
+        resolve_runtime(train_cfg(compile="sometimes"))
+
+
+@pytest.mark.integration
+def test_compiled_training_resumes_like_eager(data, tmp_path):
+    """torch.compile changes only the speed: killed after epoch 1 and resumed (compiled or
+    eager), a compiled run ends within float tolerance of an uninterrupted eager one, with
+    the compilation time recorded once."""
+    cfg = train_cfg(epochs=2)
+    eager_rt = resolve_runtime(cfg)
+    compiled_rt = resolve_runtime(train_cfg(epochs=2, compile=True))
+    eager = tiny_model()
+    fit_from_config(eager, data, cfg, eager_rt, tmp_path / "eager", seed=0)
+
+    def kill_after_first(epoch, row):
+        if epoch == 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit_from_config(tiny_model(), data, cfg, compiled_rt, tmp_path / "c", seed=0,
+                        on_epoch_end=kill_after_first)
+    shutil.copytree(tmp_path / "c", tmp_path / "c_eager")
+    for rt, folder in ((compiled_rt, "c"), (eager_rt, "c_eager")):
+        resumed = tiny_model()
+        hist = fit_from_config(resumed, data, cfg, rt, tmp_path / folder, seed=0)
+        assert "train/first_step_s" in hist[0]  # epoch 1 ran compiled, in the killed process
+        assert ("train/first_step_s" in hist[1]) is rt.compile  # the resuming process compiled again
+        for (name, a), b in zip(eager.state_dict().items(), resumed.state_dict().values()):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
 
 
 def test_best_epoch_weights_are_returned(data, tmp_path):

@@ -1,7 +1,8 @@
 """The cost budget of the scaled network (method.md section 3).
 
 Rules (``scaling.budget.rule``), with Phi the baseline's cost (its C-way classifier included)
-in ``scaling.budget.unit`` (params or macs) and N the number of outputs (misc included):
+in ``scaling.budget.unit`` (params, macs, or latency: milliseconds measured on a runtime, see
+rsnet.plan.latency) and N the number of outputs (misc included):
 
 - ``thesis``:     Phi * (lambda + N / C)
 - ``thesis_alt``: Phi * (lambda + (1 - lambda) * N / C)
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from rsnet.errors import RsnetError
 
 RULES = ("thesis", "thesis_alt", "ratio", "absolute")
-UNITS = ("params", "macs")
+UNITS = ("params", "macs", "latency")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def make_budget(rule: str, unit: str, baseline_cost: float, num_outputs: int, nu
     if rule not in RULES:
         raise RsnetError(f"scaling.budget.rule={rule!r}: use one of {', '.join(RULES)}")
     if unit not in UNITS:
-        raise RsnetError(f"scaling.budget.unit={unit!r}: use params or macs")
+        raise RsnetError(f"scaling.budget.unit={unit!r}: use params, macs or latency")
     if rule in ("ratio", "absolute") and value is None:
         raise RsnetError(f"scaling.budget.rule={rule} needs scaling.budget.value")
     if num_outputs > num_base_classes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from rsnet.plan.budget import Budget
 from rsnet.errors import RsnetError
 from rsnet.graph import ModelGraph
 from rsnet.plan import MacroWidth, MicroWidth, WidthPlan
+from rsnet.plan.latency import LatencyCost, anchored_factors, interpolated
 from rsnet.plan.solver import ChainProblem, solve
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,10 @@ class WidthRule:
 class Scaler:
     """The arithmetic shared by the policies: factors per unit -> widths per group -> cost."""
 
-    def __init__(self, graph: ModelGraph, rule: WidthRule, bottleneck: bool = True):
+    def __init__(self, graph: ModelGraph, rule: WidthRule, bottleneck: bool = True,
+                 latency: LatencyCost | None = None):
         self.graph, self.rule, self.bottleneck = graph, rule, bottleneck
+        self.latency = latency  # the layer table of a latency budget (rsnet.plan.latency)
         self.unit_of_macro = {m: u for u, macros in enumerate(graph.units) for m in macros}
         # a group scales with the unit of its macro-layers; groups outside every macro-layer
         # (e.g. a hidden layer of a torchvision head) keep their baseline width
@@ -101,22 +105,20 @@ class Scaler:
 
     # -- the chain problem for the solver
     def chain(self, grid: np.ndarray, unit: str) -> ChainProblem:
-        """Cost (in params or macs) and feasibility tables of every unit factor pair on the grid.
+        """Cost (in params, macs, or latency from ``self.latency``) and feasibility tables of
+        every unit factor pair on the grid.
 
-        A term of the cost polynomial belongs to the deeper of the (at most two, adjacent)
-        units its groups scale with; the pair table of unit j is indexed [f_{j-1}, f_j].
+        A term of the cost polynomial (a layer, for latency) belongs to the deeper of the (at
+        most two, adjacent) units its groups scale with; the pair table of unit j is indexed
+        [f_{j-1}, f_j]. Latency tables hold the layers' sum only (rsnet.plan.latency anchors it).
         """
         g, U, F = self.graph, len(self.graph.units), len(grid)
         width = {gid: self.width(gid, grid).astype(float) for gid in self.unit_of_group}  # (F,)
         tables = [np.zeros(F)] + [np.zeros((F, F)) for _ in range(U - 1)]
-        poly = g.params if unit == "params" else g.macs
-        tables[0] += float(poly.const)
-        for gid, coef in poly.lin.items():
-            self._add(tables, self._form({gid: coef}, width), F)
-        for (a, b), coef in poly.bil.items():
-            fa, fb = self._form({a: 1}, width), self._form({b: 1}, width)
-            u = max(fa[0], fb[0])
-            self._add(tables, (u, float(coef) * self._lift(fa, u, F) * self._lift(fb, u, F)), F)
+        if unit == "latency":
+            self._add_latency(tables, width, F)
+        else:
+            self._add_polynomial(tables, g.params if unit == "params" else g.macs, width, F)
         valid = [np.ones(F, dtype=bool)] + [np.ones((F, F), dtype=bool) for _ in range(U - 1)]
         rules = [(c.small, c.big) for c in g.constraints]  # option-A shortcuts pad, never shrink
         if self.bottleneck:  # keep the baseline's order of consecutive outputs (method.md 5)
@@ -127,6 +129,28 @@ class Scaler:
             u = max(fs[0], fb[0])
             valid[u] &= self._lift(fs, u, F) <= self._lift(fb, u, F)
         return ChainProblem(tables[0], tables[1:], valid[0], valid[1:])
+
+    def _add_polynomial(self, tables: list[np.ndarray], poly, width, F: int) -> None:
+        tables[0] += float(poly.const)
+        for gid, coef in poly.lin.items():
+            self._add(tables, self._form({gid: coef}, width), F)
+        for (a, b), coef in poly.bil.items():
+            fa, fb = self._form({a: 1}, width), self._form({b: 1}, width)
+            u = max(fa[0], fb[0])
+            self._add(tables, (u, float(coef) * self._lift(fa, u, F) * self._lift(fb, u, F)), F)
+
+    def _add_latency(self, tables: list[np.ndarray], width, F: int) -> None:
+        if self.latency is None:
+            raise RsnetError("scaling.budget.unit=latency needs a measured layer table (the plan "
+                             "stage makes one)")
+        for i, spec in enumerate(self.latency.table.specs):
+            fi = self._form(spec.in_form.coefs, width, spec.in_form.const)
+            fo = self._form(spec.out_form.coefs, width, spec.out_form.const)
+            u = max(fi[0], fo[0])
+            cin, cout = (np.rint(self._lift(f, u, F)).astype(np.int64) for f in (fi, fo))
+            if cin.shape != cout.shape:  # unit 0: one of them may be a constant (F,) table
+                cin, cout = np.broadcast_arrays(cin, cout)
+            self._add(tables, (u, interpolated(partial(self.latency.layer_ms, i), cin, cout)), F)
 
     def _form(self, coefs: Mapping[int, object], width: Mapping[int, np.ndarray], const=0
               ) -> tuple[int, np.ndarray]:
@@ -193,6 +217,12 @@ class ResourceScalable:
     def factors(self, scaler: Scaler, budget: Budget) -> list[float]:
         grid = self.grid()
         problem = scaler.chain(grid, budget.unit)
+        if budget.unit == "latency":
+            idx, _ = anchored_factors(problem, scaler.latency, budget.value, self.fill,
+                                      self.max_changes,
+                                      lambda f: scaler.group_widths([grid[i] for i in f]),
+                                      [0] * problem.num_units)
+            return [float(grid[i]) for i in idx]
         smallest = problem.cost([len(grid) - 1] * problem.num_units)
         if smallest > budget.value:
             raise RsnetError(
@@ -205,7 +235,11 @@ class ResourceScalable:
         return [float(grid[i]) for i in idx]
 
     def make(self, scaler: Scaler, budget: Budget, baseline: Mapping[str, int]) -> WidthPlan:
-        return scaler.plan(self.factors(scaler, budget), self.name, budget, baseline)
+        plan = scaler.plan(self.factors(scaler, budget), self.name, budget, baseline)
+        if budget.unit == "latency":
+            plan.latency = scaler.latency.summary()
+            plan.predicted["latency"] = plan.latency["predicted_ms"]
+        return plan
 
 
 @dataclass

@@ -41,6 +41,8 @@ class WidthPlan:
     budget: dict | None = None  # rsnet.plan.budget.Budget.as_dict()
     units: list[list[int]] = field(default_factory=list)  # macro indices sharing one factor
     solve_time_s: float = 0.0  # graph analysis + solving, seconds
+    # a latency budget's estimate and its check (rsnet.plan.latency.LatencyCost.summary)
+    latency: dict | None = None
 
     def widths(self) -> dict[str, int]:
         """Module name -> width, for every micro-layer."""
@@ -85,8 +87,14 @@ class WidthPlan:
                      f"MACs {p['macs']:,} (baseline {b['macs']:,}, x{p['macs'] / b['macs']:.3f})")
         if self.budget:
             bud = self.budget
-            lines.append(f"budget ({bud['rule']}, {bud['unit']}): {bud['value']:,.0f}; "
+            value = f"{bud['value']:.3f} ms" if bud["unit"] == "latency" else f"{bud['value']:,.0f}"
+            lines.append(f"budget ({bud['rule']}, {bud['unit']}): {value}; "
                          f"used {p[bud['unit']] / bud['value']:.2%}")
+        if self.latency:
+            lat = self.latency
+            lines.append(f"latency ({lat['runtime']}, batch 1, {lat['threads']} threads): predicted "
+                         f"{lat['predicted_ms']:.3f} ms, measured {lat['measured_ms']:.3f} ms "
+                         f"({lat['error']:+.1%}) after {len(lat['rounds'])} solve(s)")
         return "\n".join(lines)
 
 
