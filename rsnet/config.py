@@ -252,12 +252,13 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    logger: Any = None  # {_target_: a rsnet.loggers.Logger}, from the group conf/logger/
 
 
 # Keys that do not change a run's result: they are left out of the run directory's name
 # and of the config fingerprint that decides whether a run directory can be resumed.
 NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "dataset.cache_dir",
-                   "train.device", "train.threads", "train.latency_runs", "train.compile",
+                   "train.device", "train.threads", "train.latency_runs", "train.compile", "logger",
                    "model.compile_pays", "train.dist_backend",
                    "train.dist_timeout_min")
 

@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rsnet import progress
@@ -155,6 +157,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         prepare_run_dir(cfg, run_dir)
     ctx = Context(cfg, run_dir, rt, {"run/name": cfg.name, "model/name": cfg.model.name,
                                      "dataset/name": cfg.dataset.name})
+    if main and cfg.get("logger"):
+        try:
+            ctx.logger = instantiate(cfg.logger)
+        except InstantiationException as e:
+            raise RsnetError(f"logger: cannot build {cfg.logger.get('_target_')}: {e}") from e
+        ctx.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
     for name, stage in PIPELINE:
         stage(ctx)
         if ctx.finished or name == cfg.stop_after:

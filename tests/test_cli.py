@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -38,6 +39,10 @@ def test_a_run_writes_its_artifacts_and_a_rerun_resumes(tmp_path):
     assert classes["class_names"][0] == "misc" and len(classes["in_scope"]) == 3
     assert "num_classes: 4" in (d / "config.yaml").read_text()
     assert "| local acc |" in (d / "summary.md").read_text()
+    logged = list(csv.DictReader((d / "logs" / "history.csv").open()))  # logger=csv, the default
+    history = json.loads((d / "history.json").read_text())
+    assert [float(r["train/loss"]) for r in logged] == pytest.approx([r["train/loss"] for r in history])
+    assert "metrics.json" in (d / "logs" / "metrics.csv").read_text()  # the artifacts' paths
     before = (d / "checkpoints" / "model.pt").stat().st_mtime_ns
     again = run(tmp_path, *TINY, "dataset.num_classes=4")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -143,6 +148,20 @@ def test_a_latency_budget_plans_on_measured_latency_and_names_its_setting(tmp_pa
     assert "Traceback" not in res.stderr and not (tmp_path / "tiny_budget" / "plan.json").exists()
     res = run(tmp_path, *TINY, *lat, "scaling.budget.runtime=openvino", run_dir=tmp_path / "ov")
     assert res.returncode == 2 and "scaling.budget.runtime" in res.stderr
+
+
+def test_logger_mlflow_records_the_run_in_its_directory(tmp_path):
+    import mlflow
+
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "logger=mlflow")
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    client = mlflow.tracking.MlflowClient("sqlite:///" + str((d / "mlflow.db").resolve()))
+    run_ = client.get_run((d / "logs" / "mlflow_run_id").read_text().strip())
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert run_.data.metrics["final/test/acc"] == pytest.approx(metrics["test/acc"])
+    assert len(client.get_metric_history(run_.info.run_id, "train/loss")) == 2  # two epochs
+    assert run_.data.params["dataset.num_classes"] == "4"
 
 
 def test_magnitude_pruning_keeps_its_sparsity_to_the_end(tmp_path):

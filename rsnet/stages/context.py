@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rsnet.data import DataBundle
+from rsnet.loggers import Logger
 from rsnet.models import build_model, subset_head
 from rsnet.plan import WidthPlan
 from rsnet.train import Runtime
@@ -36,6 +37,7 @@ class Context:
     pruned: bool = False  # the model was carved from the baseline (prune, netadapt, morphnet)
     history: list[dict] = field(default_factory=list)
     finished: bool = False  # set by a stage after which no later stage runs (other ranks)
+    logger: Logger = field(default_factory=Logger)  # experiment tracking (rank 0's; rsnet.loggers)
 
     @property
     def main(self) -> bool:

@@ -108,7 +108,8 @@ def fit_n_way(ctx: Context, model: torch.nn.Module) -> list[dict]:
     hooks = [magnitude_pruner(ctx, model)] if cfg.compression.sparsity.enabled else []
     distill = distillation(ctx) if cfg.train.distill.enabled else None
     return fit_from_config(model, ctx.data, cfg.train, ctx.rt, ctx.run_dir / "checkpoints",
-                           cfg.seed, distill=distill, hooks=hooks)
+                           cfg.seed, distill=distill, hooks=hooks,
+                           on_epoch_end=lambda epoch, row: ctx.logger.epoch(row))
 
 
 def fit_from_config(model: torch.nn.Module, data: DataBundle, train: DictConfig, rt: Runtime,
