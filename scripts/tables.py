@@ -35,6 +35,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -150,6 +151,9 @@ def network(cfg: dict) -> tuple[float, str]:
         name = ("Psi' (rs)" if policy == "rs" else policy) + (
             f", carved ({criterion(cfg)}) + fine-tuned" if comp == "prune"
             else ", from scratch")
+        multiple = conf(cfg, "scaling.widths.round_to")
+        if multiple:  # a deployment target's widths (target=x86_avx512): another plan
+            name += f", widths x{multiple}"
     if comp == "magnitude":  # after the same network without it
         rank += 0.5
         name += f", magnitude-pruned {conf(cfg, 'compression.sparsity.final_sparsity')}"
@@ -452,11 +456,16 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         # networks are other studies)
         carved = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
                   and r[3].startswith("Psi' (rs), carved") and "magnitude" not in r[3]
-                  and "misc x" not in r[3] and "all-misc" not in r[3]]
+                  and "misc x" not in r[3] and "all-misc" not in r[3] and "widths x" not in r[3]]
+        rounded = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
+                   and r[3].startswith("Psi' (rs), carved") and "widths x" in r[3]
+                   and "misc x" not in r[3] and "all-misc" not in r[3]]
         pairs = [("rs vs uniform", scratch, row(UNIFORM))]
         pairs += [("carved vs scratch", c, scratch) for c in carved]
         pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
                   for c in carved if c[3].endswith(", distilled")]
+        pairs += [("hardware widths vs thesis widths", r, row(re.sub(r", widths x\d+", "", r[3])))
+                  for r in rounded]
         for best in carved or [scratch]:
             pairs += [("Psi' vs Psi fine-tuned", best, row(PSI_FT, None)),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]

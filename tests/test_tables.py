@@ -37,12 +37,13 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 
 
-def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0):
+def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null"):
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(
         f"name: g\nseed: {seed}\nmodel: {{name: googlenet_rs, checkpoint: psi.pt}}\n"
         f"dataset: {{name: tiny_imagenet, num_classes: 5}}\nexport: {{name: int8}}\n"
-        f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045}}}}\n"
+        f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045}}, "
+        f"widths: {{round_to: {round_to}}}}}\n"
         f"compression: {{name: {compression}, criterion: l1}}\n")
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
@@ -179,6 +180,27 @@ def test_stats_over_seeds_give_mean_sd_and_paired_intervals(tmp_path):
     assert (t / "stats.md").read_text() == res.stdout
     assert (t / "stats_pairs.csv").read_text().count("\n") == len(pairs) + 1
     assert "test/acc_local,3,0.8200,0.0100" in (t / "stats_rows.csv").read_text()
+
+
+def test_a_target_s_widths_are_their_own_row_paired_with_the_thesis_widths(tmp_path):
+    """Carved runs planned with a hardware multiple (target=x86_avx512: round_to 16) are a
+    row of their own, compared seed by seed with the same recipe at the thesis's widths."""
+    sweep = tmp_path / "sweep"
+    for seed, (plain, rounded) in enumerate([(0.80, 0.78), (0.82, 0.79), (0.81, 0.79)]):
+        thesis_run(sweep / f"carved{seed}", compression="prune", seed=seed,
+                   metrics={**COMMON, "test/acc_local": plain})
+        thesis_run(sweep / f"x16_{seed}", compression="prune", seed=seed, round_to=16,
+                   metrics={**COMMON, "test/acc_local": rounded})
+    res = stats_cli(sweep, "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    rows = {r[3] for r in md_rows(res.stdout, 0)}
+    assert "Psi' (rs), carved (l1) + fine-tuned, widths x16" in rows
+    pairs = {(r[4], r[7]): r for r in md_rows(res.stdout, 1)}
+    hw = pairs["hardware widths vs thesis widths", "test/acc_local"]
+    assert hw[5:7] == ["Psi' (rs), carved (l1) + fine-tuned, widths x16",
+                       "Psi' (rs), carved (l1) + fine-tuned"]
+    assert hw[8:10] == ["3", "-0.0233"]  # (-0.02 - 0.03 - 0.02) / 3
+    assert ("carved vs scratch", "test/acc_local") not in pairs  # no scratch runs here
 
 
 def test_paired_interval_is_the_student_t_interval():

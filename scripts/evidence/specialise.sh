@@ -11,6 +11,9 @@
 #   3. Psi fine-tuned on the subset at full width (recipe=finetune, the ceiling);
 #   4. the misc multiplier (1, 3, 9) of the distilled carve, N = 10, and the thesis's
 #      all-misc test set (every out-of-scope test image);
+#   5. the distilled carve planned for target=x86_avx512 (every width a multiple of 16, the
+#      same parameter budget): its accuracy against the thesis's widths (the speed is in
+#      docs/bench/widths.json);
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
 # Every run resumes from its run directory if killed; rerun the same command.
 #   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/evidence/specialise.sh
@@ -36,6 +39,7 @@ for f in $FAMILIES; do
     $sweep "$dir" dataset.num_classes=$NS recipe=finetune train.epochs=$FT_EPOCHS
     $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_multiplier=3,9
     $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_test=all
+    $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS target=x86_avx512
     $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
     python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
     python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
