@@ -110,7 +110,7 @@ class BudgetConfig:
     lam: float = 0.045  # class-agnostic share lambda of the thesis rules
     value: Optional[float] = None  # ratio of Phi (rule=ratio) or absolute cost (rule=absolute)
     # params | macs, at model.input_size | latency: ms at batch 1 on ``runtime`` with
-    # export.latency.threads threads, from a measured layer table (rsnet/plan/latency.py)
+    # ``threads`` threads, from a measured layer table (rsnet/plan/latency.py)
     unit: str = "params"
     num_base_classes: Optional[int] = None  # C; None = the dataset's number of classes
     runtime: str = "onnxruntime"  # unit=latency: the runtime the milliseconds are measured on

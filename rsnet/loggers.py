@@ -21,6 +21,7 @@ extra to install.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -70,9 +71,8 @@ class Logger:
 class CsvLogger(Logger):
     def epoch(self, row: Mapping) -> None:
         path = self.run_dir / "logs" / "history.csv"
-        rows = list(csv.DictReader(path.open())) if path.exists() else []
-        rows = [r for r in rows if int(r["epoch"]) != int(row["epoch"])] + [
-            {k: v for k, v in row.items()}]
+        rows = list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else []
+        rows = [r for r in rows if int(r["epoch"]) != int(row["epoch"])] + [dict(row)]
         rows.sort(key=lambda r: int(r["epoch"]))
         keys = list(dict.fromkeys(k for r in rows for k in r))
         atomic_write_text(path, _csv_text(keys, rows))
@@ -84,7 +84,6 @@ class CsvLogger(Logger):
 
 
 def _csv_text(keys: list[str], rows: list[Mapping]) -> str:
-    import io
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     writer.writeheader()

@@ -116,7 +116,7 @@ def resolve_runtime(cfg: TrainConfig, compile_pays: bool = False) -> Runtime:
             "nccl" if device.type == "cuda" else "gloo"
         distributed.init(info, backend, device, cfg.dist_timeout_min)
     return Runtime(device, dtypes[precision], cfg.channels_last, info, cfg.sync_bn,
-                   _compile(cfg.get("compile", False), compile_pays))
+                   _compile(cfg.compile, compile_pays))
 
 
 def _compile(setting, compile_pays: bool) -> bool:

@@ -93,16 +93,25 @@ def timed(batches, step, warmup: int, steps: int, batch_size: int) -> float:
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+def random_batch(rt, batch_size: int, size: int = 32, classes: int = 10):
+    """One in-memory float batch (in the runtime's memory format) and its labels."""
+    x = torch.randn(batch_size, 3, size, size, device=rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, classes, (batch_size,), device=rt.device)
+
+
+def sgd_step(model, rt, net=None):
+    return step_fn(model if net is None else net, rt,
+                   torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+
+
 def bare(model, rt, batch_size, warmup, steps, size: int = 32, classes: int = 10,
          net=None) -> float:
     """The model step alone on one in-memory float batch; ``net`` (e.g. the compiled model)
     runs the forward pass when given, ``model``'s parameters are optimised."""
-    x = torch.randn(batch_size, 3, size, size, device=rt.device)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch_size,), device=rt.device)
-    step = step_fn(model if net is None else net, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
-    return timed(iter(lambda: (x, y), None), step, warmup, steps, batch_size)
+    x, y = random_batch(rt, batch_size, size, classes)
+    return timed(iter(lambda: (x, y), None), sgd_step(model, rt, net), warmup, steps, batch_size)
 
 
 def rsnet_loop(model, rt, cfg, data, batch_size, warmup, steps) -> float:
@@ -137,7 +146,7 @@ def reference(model, rt, folder: Path, batch_size, warmup, steps, mean, std) -> 
     loader = torch.utils.data.DataLoader(ImageFolder(str(folder / "train"), tf), batch_size=batch_size,
                                          shuffle=True, num_workers=2, drop_last=True,
                                          persistent_workers=False)
-    step = step_fn(model, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    step = sgd_step(model, rt)
 
     def batches():
         for x, y in loader:
@@ -216,8 +225,8 @@ def bench_compile(args) -> dict:
         size, classes = int(mcfg.input_size), FAMILY_CLASSES.get(name, 10)
         for mode in args.modes:
             precision, cl = MODES[mode]
-            rt = resolve_runtime(OmegaConf.create({**OmegaConf.to_container(
-                compose_cfg().train, resolve=True), "precision": precision, "channels_last": cl}))
+            rt = resolve_runtime(OmegaConf.merge(compose_cfg().train,
+                                                 {"precision": precision, "channels_last": cl}))
 
             def fresh():
                 torch.manual_seed(0)
@@ -352,9 +361,7 @@ def latency_markdown(result: dict) -> str:
 
 def graph_breaks(model, rt, size: int) -> dict:
     """What dynamo makes of the training forward: graphs, graph breaks and their reasons."""
-    x = torch.randn(2, 3, size, size, device=rt.device)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x, _ = random_batch(rt, 2, size)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model.train())(x)
     torch._dynamo.reset()
@@ -367,11 +374,8 @@ def conv_share(model, rt, batch_size: int, size: int, classes: int) -> float:
     (oneDNN's kernels either way: what compilation cannot speed up)."""
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.randn(batch_size, 3, size, size, device=rt.device)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch_size,), device=rt.device)
-    step = step_fn(model, rt, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    x, y = random_batch(rt, batch_size, size, classes)
+    step = sgd_step(model, rt)
     step(x, y)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(2):

@@ -148,8 +148,6 @@ class Scaler:
             fo = self._form(spec.out_form.coefs, width, spec.out_form.const)
             u = max(fi[0], fo[0])
             cin, cout = (np.rint(self._lift(f, u, F)).astype(np.int64) for f in (fi, fo))
-            if cin.shape != cout.shape:  # unit 0: one of them may be a constant (F,) table
-                cin, cout = np.broadcast_arrays(cin, cout)
             self._add(tables, (u, interpolated(partial(self.latency.layer_ms, i), cin, cout)), F)
 
     def _form(self, coefs: Mapping[int, object], width: Mapping[int, np.ndarray], const=0
