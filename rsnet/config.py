@@ -101,6 +101,9 @@ class TrainConfig:
     aux_weight: float = 0.3  # weight of an auxiliary head's loss (GoogLeNet)
     select_on: str = "val/acc"  # validation metric for best-epoch selection (a loss: lowest wins)
     latency_runs: int = 50  # timed runs for the CPU latency measurement (0 skips it)
+    # last.pt is also written within an epoch every this many minutes of training (0: at
+    # epoch ends only), so a killed run loses at most that much work
+    checkpoint_every_min: float = 10.0
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
@@ -260,7 +263,7 @@ class RunConfig:
 NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "dataset.cache_dir",
                    "train.device", "train.threads", "train.latency_runs", "train.compile", "logger",
                    "model.compile_pays", "train.dist_backend",
-                   "train.dist_timeout_min")
+                   "train.dist_timeout_min", "train.checkpoint_every_min")
 
 
 # Keys added after run directories existed, with the value they had implicitly before: left

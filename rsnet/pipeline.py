@@ -130,6 +130,9 @@ def check_settings(cfg: DictConfig) -> None:
     check_group_names(cfg)
     compression_method(cfg).check(cfg)
     check_select_on(cfg.train.select_on)
+    if not cfg.train.checkpoint_every_min >= 0:  # also NaN
+        raise RsnetError(f"train.checkpoint_every_min={cfg.train.checkpoint_every_min}: use "
+                         f"minutes >= 0 (0 writes the training checkpoint at epoch ends only)")
     if cfg.export.int8 and cfg.export.calib_method not in CALIB_METHODS:
         raise RsnetError(f"export.calib_method={cfg.export.calib_method!r}: use one of "
                          f"{', '.join(CALIB_METHODS)}")

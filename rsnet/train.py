@@ -1,9 +1,10 @@
 """One loop for training from scratch and fine-tuning, and batched evaluation.
 
-``fit`` checkpoints after every epoch into ``ckpt_dir/last.pt`` and resumes from it when
-called again: the data order, the augmentation and the global RNG of epoch e depend only
-on (seed, e), so a run killed and resumed ends with the same weights and metrics as an
-uninterrupted one (on CPU). The best epoch on the validation split is kept in
+``fit`` checkpoints after every epoch, and within an epoch every ``train.checkpoint_every_min``
+minutes, into ``ckpt_dir/last.pt`` and resumes from it when called again: the data order and
+the augmentation of epoch e depend only on (seed, e), and a mid-epoch checkpoint keeps the
+step, the running sums and the global RNG, so a run killed and resumed ends with the same
+weights and metrics as an uninterrupted one (on CPU). The best epoch on the validation split is kept in
 ``ckpt_dir/best.pt``; ``fit`` returns with those weights loaded.
 
 Precision (``train.precision``): ``auto`` (bf16 where the device has it in hardware, else
@@ -263,7 +264,8 @@ def fit(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
         loader: BatchLoader, rt: Runtime, ckpt_dir: Path, seed: int, aux_weight: float = 0.0,
         select_on: str = "val/acc", eval_batch_size: int = 500,
         on_epoch_end: Callable[[int, dict], None] | None = None,
-        distill: DistillationLoss | None = None, hooks: Sequence[StepHook] = ()) -> list[dict]:
+        distill: DistillationLoss | None = None, hooks: Sequence[StepHook] = (),
+        checkpoint_every_s: float = 600.0) -> list[dict]:
     """Train ``model`` for ``epochs`` on ``loader`` (data.train's batches, see
     :func:`make_loader`) with the built ``optimizer`` (over the model's parameters),
     ``scheduler`` (stepped every batch) and ``loss``; select the best epoch on data.val by
@@ -272,13 +274,14 @@ def fit(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
     The model must already be on ``rt.device`` (see ``Runtime.prepare``). ``distill``
     replaces the main head's loss by Hinton's loss against a teacher; ``hooks`` run after
     every optimizer step and are checkpointed with the run. Killed, the same call resumes
-    from ``ckpt_dir``. In a data-parallel run every rank calls ``fit`` with the same
+    from ``ckpt_dir``: from the last epoch's end, or from the last mid-epoch checkpoint,
+    written every ``checkpoint_every_s`` seconds of training (0: at epoch ends only). In a data-parallel run every rank calls ``fit`` with the same
     arguments; only rank 0 reads or writes ``ckpt_dir``.
     """
     check_select_on(select_on)
     restore_bn = distributed.convert_sync_batchnorm(model) if rt.sync_bn and rt.dist.enabled else None
     run = _Fit(loss, optimizer, scheduler, loader, epochs, aux_weight, select_on, eval_batch_size,
-               seed, rt, ckpt_dir, distill, tuple(hooks))
+               seed, rt, ckpt_dir, distill, tuple(hooks), checkpoint_every_s)
     try:
         return _train_epochs(model, data, run, on_epoch_end)
     finally:
@@ -302,6 +305,7 @@ class _Fit:
     ckpt_dir: Path
     distill: DistillationLoss | None
     hooks: tuple[StepHook, ...]
+    checkpoint_every_s: float
 
 
 def _load_on_main(path: Path, what: str, rt: Runtime):
@@ -311,20 +315,30 @@ def _load_on_main(path: Path, what: str, rt: Runtime):
     return distributed.on_main(load, rt.dist)
 
 
-def _train_epoch(net: nn.Module, model: nn.Module, run: _Fit, scaler, epoch: int
-                 ) -> tuple[int, float, int, float, float]:
+def _train_epoch(net: nn.Module, run: _Fit, scaler, epoch: int, partial: dict | None,
+                 save_partial: Callable[[dict], None] | None) -> tuple[int, float, int, float, float]:
     """One epoch of optimizer steps; returns (images seen, summed loss, correct, seconds,
-    seconds of the first step)."""
+    seconds of the first step). ``partial`` (from a mid-epoch checkpoint) continues the epoch
+    after its last saved step; ``save_partial`` is called with the epoch's state every
+    ``run.checkpoint_every_s`` seconds (None: no mid-epoch checkpoints)."""
     rt, loader, distill, optimizer = run.rt, run.loader, run.distill, run.optimizer
     torch.manual_seed(run.seed * 1000 + epoch)  # dropout etc.: same stream whether resumed or not
     loader.set_epoch(epoch)
-    model.train()
-    t0, seen, first_step = time.perf_counter(), 0, 0.0
+    net.train()
+    start, seen, first_step, elapsed = 0, 0, 0.0, 0.0
     # summed on the device: no host sync per step (a GPU runs ahead of the Python loop)
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
-    batches = bar(loader, desc=f"epoch {epoch + 1}", leave=False)
-    for step, (x, y) in enumerate(batches):
+    if partial is not None:
+        start, seen, first_step, elapsed = (partial[k] for k in ("step", "seen", "first_step", "seconds"))
+        loss_sum += partial["loss_sum"]
+        correct += partial["correct"]
+        torch.set_rng_state(partial["rng"])
+        log.info("resuming epoch %d at step %d/%d", epoch + 1, start, len(loader))
+    t0 = last_save = time.perf_counter()
+    batches = bar(loader.batches(start), desc=f"epoch {epoch + 1}", leave=False,
+                  initial=start, total=len(loader))
+    for step, (x, y) in enumerate(batches, start):
         with rt.autocast():
             output = net(x)
             kd = (lambda logits: distill(logits, y, x)) if distill is not None else None
@@ -344,8 +358,16 @@ def _train_epoch(net: nn.Module, model: nn.Module, run: _Fit, scaler, epoch: int
         if step % 20 == 0 or step == len(loader) - 1:  # a non-finite loss makes the sum so
             _check_finite(loss_sum, epoch, step)
             batches.set_postfix(loss=f"{loss.item():.3f}")
+        now = time.perf_counter()
+        if save_partial is not None and step < len(loader) - 1 and \
+                now - last_save >= run.checkpoint_every_s:
+            save_partial({"epoch": epoch, "step": step + 1, "seen": seen,
+                          "loss_sum": loss_sum.item(), "correct": correct.item(),
+                          "first_step": first_step, "seconds": elapsed + now - t0,
+                          "rng": torch.get_rng_state()})
+            last_save = time.perf_counter()
     loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
-    train_time = time.perf_counter() - t0
+    train_time = elapsed + time.perf_counter() - t0
     return seen, loss_sum, correct, train_time, first_step
 
 
@@ -358,7 +380,7 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.autocast_dtype == torch.float16)
     history: list[dict] = []
     best = {"epoch": -1, "score": -math.inf}
-    start = 0
+    start, partial = 0, None
     last_path, best_path = run.ckpt_dir / "last.pt", run.ckpt_dir / "best.pt"
     state = _load_on_main(last_path, "train checkpoint", rt)
     if state is not None:
@@ -370,14 +392,31 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
         history, best, start = state["history"], state["best"], state["epoch"] + 1
         for hook, hook_state in zip(hooks, state.get("hooks", [])):
             hook.load_state_dict(hook_state)
-        log.info("resuming training from %s after epoch %d", last_path, start)
+        partial = state.get("partial")  # saved in mid-epoch: that epoch goes on from its step
+        log.info("resuming training from %s after epoch %d%s", last_path, start,
+                 f" and step {partial['step']} of epoch {start + 1}" if partial else "")
         del state
     net = distributed.wrap_ddp(model, rt.device) if rt.dist.enabled else model
     if rt.compile:  # the training step only; evaluation and checkpoints use ``model`` itself
         net = torch.compile(net)
 
+    def save_last(epoch_done: int, partial_state: dict | None = None) -> None:
+        """last.pt after ``epoch_done`` (0-based; -1 = none) whole epochs and, in mid-epoch,
+        the running epoch's state."""
+        atomic_torch_save({"epoch": epoch_done, "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                           "history": history, "best": best,
+                           "hooks": [h.state_dict() for h in hooks],
+                           "world_size": rt.dist.world_size, "partial": partial_state}, last_path)
+
+    # Mid-epoch checkpoints in one process only: under DDP each rank holds its own running
+    # sums and the ranks would have to agree on the step; there last.pt is written per epoch.
+    mid_epoch = run.checkpoint_every_s > 0 and not rt.dist.enabled
     for epoch in bar(range(start, run.epochs), desc="epochs", initial=start, total=run.epochs):
-        seen, loss_sum, correct, train_time, first_step = _train_epoch(net, model, run, scaler, epoch)
+        seen, loss_sum, correct, train_time, first_step = _train_epoch(
+            net, run, scaler, epoch, partial,
+            (lambda p, e=epoch: save_last(e - 1, p)) if mid_epoch else None)
         if rt.dist.enabled:  # the whole job's epoch, and one model on every rank
             seen, loss_sum, correct = distributed.all_reduce_sum([seen, loss_sum, correct], rt.device)
             distributed.average_buffers(model)
@@ -386,9 +425,10 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
         row = {"epoch": epoch + 1, "train/loss": loss_sum / seen, "train/acc": correct / seen,
                "train/images_per_s": seen / train_time, "train/epoch_s": train_time,
                "lr": optimizer.param_groups[0]["lr"], **{f"val/{k}": v for k, v in val.items()}}
-        if rt.compile and epoch == start:  # this process compiled the step in its first one
+        if rt.compile and epoch == start and partial is None:  # this process compiled the step
             row["train/first_step_s"] = first_step
             log.info("torch.compile: the first training step took %.1f s (compilation)", first_step)
+        partial = None
         history.append(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f img/s", epoch + 1,
                  run.epochs, row["train/loss"], row["train/acc"], row["val/acc"],
@@ -399,12 +439,7 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
             if main:
                 atomic_torch_save(model.state_dict(), best_path)
         if main:
-            atomic_torch_save({"epoch": epoch, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                               "history": history, "best": best,
-                               "hooks": [h.state_dict() for h in hooks],
-                               "world_size": rt.dist.world_size}, last_path)
+            save_last(epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     best_state = _load_on_main(best_path, "best checkpoint", rt)

@@ -36,6 +36,12 @@ def tiny_model(num_classes=3):
     return resnet_cifar(depth=8, num_classes=num_classes, stage_widths=(4, 8, 16))
 
 
+def without_timings(history: list[dict]) -> list[dict]:
+    """A history without its wall-clock columns (they differ between any two runs)."""
+    return [{k: v for k, v in r.items() if k not in ("train/images_per_s", "train/epoch_s")}
+            for r in history]
+
+
 def test_training_lowers_the_loss_and_learns(data, tmp_path):
     model = tiny_model()
     cfg = train_cfg(epochs=6, optimizer={"lr": 0.05})
@@ -81,9 +87,61 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     hist_resumed = fit_from_config(resumed, data, cfg, rt, tmp_path / "b", seed=0)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
-    drop = ("train/images_per_s", "train/epoch_s")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in hist_full] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in hist_resumed]
+    assert without_timings(hist_full) == without_timings(hist_resumed)
+
+
+class KillAtStep:
+    """A StepHook that kills the run after the optimizer step ``at`` (global), once."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def step(self, global_step: int) -> None:
+        if global_step == self.at:
+            raise Interrupt
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def dropout_model():  # draws from the global RNG every step: its state must be resumed too
+    return torch.nn.Sequential(tiny_model(), torch.nn.Dropout(0.3))
+
+
+def test_a_run_killed_in_mid_epoch_resumes_from_its_last_step(data, tmp_path):
+    """With mid-epoch checkpoints (here after every step) a run killed inside epoch 2 goes on
+    from the step it reached, not from the epoch's start, and ends bit-identical to an
+    uninterrupted run: same weights, same history (the running loss and accuracy sums of the
+    interrupted epoch included)."""
+    cfg = train_cfg(epochs=2, checkpoint_every_min=1e-9)
+    rt = resolve_runtime(cfg)
+    full = dropout_model()
+    hist_full = fit_from_config(full, data, cfg, rt, tmp_path / "a", seed=0)
+    steps = len(make_loader(data.train, data, cfg.batch_size, rt, train=True, seed=0))
+    kill_at = steps + 2  # the third step of epoch 2
+    with pytest.raises(Interrupt):
+        fit_from_config(dropout_model(), data, cfg, rt, tmp_path / "b", seed=0,
+                        hooks=[KillAtStep(kill_at)])
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert saved["epoch"] == 0 and saved["partial"]["epoch"] == 1
+    assert saved["partial"]["step"] == 2  # steps 0 and 1 of epoch 2 done and kept
+    resumed = dropout_model()
+    hist_resumed = fit_from_config(resumed, data, cfg, rt, tmp_path / "b", seed=0)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert without_timings(hist_full) == without_timings(hist_resumed)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["partial"] is None
+
+
+def test_no_mid_epoch_checkpoint_when_it_is_off(data, tmp_path):
+    cfg = train_cfg(epochs=1, checkpoint_every_min=0)
+    rt = resolve_runtime(cfg)
+    with pytest.raises(Interrupt):
+        fit_from_config(tiny_model(), data, cfg, rt, tmp_path, seed=0, hooks=[KillAtStep(2)])
+    assert not (tmp_path / "last.pt").exists()
 
 
 @pytest.mark.parametrize("setting, pays, expected", [("auto", True, True), ("auto", False, False),
@@ -230,3 +288,10 @@ def test_distillation_pulls_the_student_toward_the_teacher(data, tmp_path):
     before = gap(student)
     fit_from_config(student, data, cfg, rt, tmp_path / "s", seed=0, distill=kd_only)
     assert gap(student) < 0.5 * before
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_checkpoint_interval_names_the_setting(value):
+    from rsnet.pipeline import check_settings
+    with pytest.raises(RsnetError, match="train.checkpoint_every_min"):
+        check_settings(compose_cfg(f"train.checkpoint_every_min={value}"))

@@ -69,7 +69,8 @@ class BatchLoader:
     """Iterate (images float32 normalised, targets) batches of a :class:`Split`.
 
     The order and the augmentation of epoch e depend only on (seed, e), so a run resumed at
-    an epoch boundary sees exactly the batches an uninterrupted run would (``set_epoch``).
+    an epoch boundary (``set_epoch``) or in mid-epoch (``batches(start)``) sees exactly the
+    batches an uninterrupted run would.
 
     Data-parallel training (``world_size`` > 1): ``batch_size`` is the global batch. Every
     rank draws the same order and the same augmentation for each global batch and keeps its
@@ -105,6 +106,11 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch ``start`` on: the ones an iteration from the first
+        batch would yield there (a run resumed in mid-epoch goes on where it stopped)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.split)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -112,6 +118,10 @@ class BatchLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             m = len(idx)  # this rank's slice of the global batch (all of it in one process)
+            if b < start:  # skipped, but its augmentation is drawn: the stream stays in step
+                if augment:
+                    draw_crop_flip(m, self.crop_padding, self.flip, g)
+                continue
             part = slice(self.rank * m // self.world_size, (self.rank + 1) * m // self.world_size)
             rows = idx[part].to(self.images.device)
             x = self.images[rows]

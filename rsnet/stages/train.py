@@ -125,4 +125,5 @@ def fit_from_config(model: torch.nn.Module, data: DataBundle, train: DictConfig,
                                              steps_per_epoch=len(loader))
     return fit(model, data, optimizer, scheduler, loss, epochs=epochs, loader=loader, rt=rt,
                ckpt_dir=ckpt_dir, seed=seed, aux_weight=train.aux_weight,
-               select_on=train.select_on, eval_batch_size=train.eval_batch_size, **kwargs)
+               select_on=train.select_on, eval_batch_size=train.eval_batch_size,
+               checkpoint_every_s=60.0 * train.checkpoint_every_min, **kwargs)
