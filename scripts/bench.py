@@ -5,6 +5,7 @@
     python scripts/bench.py deploy [--runs resnet56_deploy "resnet56_prune_half export=int8"]
     python scripts/bench.py compile [--models resnet20 googlenet_rs mobilenet_v1] [--modes fp32+cl]
     python scripts/bench.py latency [--experiments googlenet_rs mobilenet_rs] [--ratios 0.5 0.3]
+    python scripts/bench.py int8 [--experiments googlenet_rs mobilenet_rs] [--run-dirs DIR ...]
 
 ``plan``: time of the graph analysis and of the rs solver, and the rs plans themselves, for
 the thesis's GoogLeNet (227 px, C = 1000, BN without scale) and the 64 px GoogLeNet and
@@ -16,6 +17,10 @@ outputs/bench/deploy/, resumed when rerun): file sizes, fp32 and int8 test accur
 runtime, latency at batch 1 and 32 (2 threads, median of 100 runs), int8's speed-up over the
 same runtime's fp32, and each run's latency as a fraction of the first run's (Psi) on the same
 runtime and batch, beside its fraction of the MACs; the CPU's int8 / bf16 flags.
+
+``int8``: post-training int8 of trained models (the released Psi, and finished runs' exported
+files): test accuracy of fp32 and int8 on ONNX Runtime and OpenVINO, and int8's speed-up over
+the same runtime's fp32 at batch --latency-batch (2 threads, --repeats interleaved rounds).
 
 ``train``: training images/s on CIFAR-10 (JPEG), batch 128, for each model and each of
 --modes (fp32, bf16 + channels_last; fp16 + channels_last on CUDA) on --device:
@@ -505,9 +510,9 @@ def bench_widths(args) -> dict:
 
 def _time_widths(experiment: str, args, tmp: Path) -> list[dict]:
     """One family's rows of :func:`bench_widths`: its files in ``tmp``, timed interleaved."""
-    from rsnet.deploy.onnx_io import export_onnx, open_session
+    from rsnet.deploy.onnx_io import export_onnx
     from rsnet.deploy.quant import quantize_int8
-    from rsnet.deploy.runtimes import OpenVINO, Predictor, predictor_latency
+    from rsnet.deploy.runtimes import OpenVINO, predictor_latency
     from rsnet.metrics import count_macs, count_params
 
     models = {}
@@ -524,10 +529,7 @@ def _time_widths(experiment: str, args, tmp: Path) -> list[dict]:
             files["int8"] = quantize_int8(files["fp32"], tmp / f"{experiment}_{k}_int8.onnx", calib)
         ops[label] = {p: ort_graph_ops(f) for p, f in files.items()}
         for precision, path in files.items():
-            session = open_session(path, threads=2)
-            name = session.get_inputs()[0].name
-            preds[(label, f"ort_{precision}")] = Predictor(
-                lambda x, s=session, n=name: s.run(None, {n: x})[0], {})
+            preds[(label, f"ort_{precision}")] = ort_predictor(path)
             preds[(label, f"openvino_{precision}")] = OpenVINO().open(
                 path, threads=2, batch_size=args.latency_batch)
     times = {k: [] for k in preds}
@@ -547,6 +549,16 @@ def _time_widths(experiment: str, args, tmp: Path) -> list[dict]:
                 row[f"{rt}_int8_speedup"] = row[f"{rt}_fp32_b{b}_ms"] / row[f"{rt}_int8_b{b}_ms"]
         rows.append(row)
     return rows
+
+
+def ort_predictor(path: Path, threads: int = 2):
+    """An ONNX Runtime session on ``path`` as a runtime Predictor (logits of a numpy batch)."""
+    from rsnet.deploy.onnx_io import open_session
+    from rsnet.deploy.runtimes import Predictor
+
+    session = open_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    return Predictor(lambda x: session.run(None, {name: x})[0], {})
 
 
 def ort_graph_ops(path: Path) -> dict[str, int]:
@@ -590,6 +602,104 @@ def widths_markdown(result: dict) -> str:
         lines += [f"| {r['experiment']} | {r['model']} | {r[f'ort_int8_b{b}_ms']:.2f} | "
                   f"{r['ort_int8_speedup']:.2f}x | {r[f'openvino_int8_b{b}_ms']:.2f} | "
                   f"{r['openvino_int8_speedup']:.2f}x |" for r in rows]
+    return "\n".join(lines)
+
+
+def bench_int8(args) -> dict:
+    """int8 on trained models: for the released Psi of each of --experiments (C-way, the full
+    test set) and for each finished run directory of --run-dirs (its exported export/model.onnx
+    and model_int8.onnx, its own test split), test accuracy of fp32 and int8 on ONNX Runtime
+    and OpenVINO, and batch --latency-batch latency of each, timed in --repeats interleaved
+    rounds (2 threads); int8's speed-up over the same runtime's fp32 and its accuracy change."""
+    from rsnet.deploy.onnx_io import MainLogits, export_onnx
+    from rsnet.deploy.quant import quantize_int8
+    from rsnet.data.calibration import calibration_batches
+
+    models = []  # (label, {"fp32": path, "int8": path}, data bundle, input size)
+    with tempfile.TemporaryDirectory(prefix="rsnet-bench-int8-") as tmp:
+        for experiment in args.experiments:  # Psi as released, quantized as export=int8 does
+            cfg = compose_cfg(f"experiment={experiment}", "dataset.num_classes=null",
+                              "dataset.unseen_fraction=0")
+            data = build_data(cfg.dataset)
+            net = MainLogits(build_model(cfg.model, len(data.base_class_names))).eval()
+            size, ex = cfg.model.input_size, cfg.export
+            fp32 = export_onnx(net, Path(tmp) / f"{experiment}.onnx", size)
+            calib = calibration_batches(data.train, ex.calib_images, data.mean, data.std,
+                                        batch_size=32, seed=cfg.seed)
+            int8 = quantize_int8(fp32, Path(tmp) / f"{experiment}_int8.onnx",
+                                 [x.numpy() for x, _ in calib], ex.calib_method, ex.per_channel)
+            models.append((f"{experiment} Psi ({cfg.model.checkpoint})", {"fp32": fp32, "int8": int8},
+                           data, size))
+        for run_dir in map(Path, args.run_dirs):
+            files = {"fp32": run_dir / "export" / "model.onnx", "int8": run_dir / "export" / "model_int8.onnx"}
+            missing = [str(f) for f in files.values() if not f.is_file()]
+            if missing:
+                raise RsnetError(f"bench int8: {run_dir} has no {', '.join(missing)}: a finished "
+                                 f"run with export=int8 is needed")
+            cfg = OmegaConf.load(run_dir / "config.yaml")
+            models.append((run_label(run_dir.name), files, build_data(cfg.dataset), cfg.model.input_size))
+        return {"rows": _int8_rows(models, args)}
+
+
+def run_label(dirname: str) -> str:
+    """A sweep run directory's name, short: each override's last key (a flag's group for
+    ``enabled``), model.checkpoint left out (e.g. ``num_classes=10,recipe=carve,distill=True``)."""
+    parts = []
+    for item in dirname.split(","):
+        key, _, value = item.partition("=")
+        if key == "model.checkpoint":
+            continue
+        *parents, leaf = key.split(".")
+        parts.append(f"{parents[-1] if leaf == 'enabled' and parents else leaf}={value}")
+    return ",".join(parts)
+
+
+def _int8_rows(models, args) -> list[dict]:
+    """:func:`bench_int8`'s rows: accuracy per runtime and precision, then interleaved timing."""
+    from rsnet.deploy.runtimes import OpenVINO, predict_logits, predictor_latency
+    from rsnet.data.loader import BatchLoader
+    from rsnet.train import split_metrics
+
+    b, rows, preds = args.latency_batch, [], {}
+    for label, files, data, size in progress.bar(models, desc="accuracy"):
+        row = {"model": label, "test_images": len(data.test), "outputs": data.num_outputs}
+        for precision, path in files.items():
+            ort = ort_predictor(path)
+            for rt, pred in (("ort", ort), ("openvino", OpenVINO().open(path, threads=2))):
+                batches = (x for x, _ in BatchLoader(data.test, 250, data.mean, data.std))
+                m = split_metrics(predict_logits(pred, batches, 250), data.test, data.misc_label)
+                row[f"{rt}_{precision}_acc"] = m["acc"]
+                if "acc_local" in m:
+                    row[f"{rt}_{precision}_acc_local"] = m["acc_local"]
+            preds[(label, "ort", precision)] = ort
+            preds[(label, "openvino", precision)] = OpenVINO().open(path, threads=2, batch_size=b)
+        rows.append(row)
+    times = {k: [] for k in preds}
+    sizes = {label: size for label, _, _, size in models}
+    for _ in progress.bar(range(args.repeats), desc="latency rounds"):
+        for (label, rt, precision), pred in preds.items():
+            times[(label, rt, precision)].append(
+                predictor_latency(pred, sizes[label], b, runs=20, warmup=3))
+    for row in rows:
+        for rt in ("ort", "openvino"):
+            for precision in ("fp32", "int8"):
+                row[f"{rt}_{precision}_b{b}_ms"] = float(np.median(times[(row["model"], rt, precision)]))
+            row[f"{rt}_int8_speedup"] = row[f"{rt}_fp32_b{b}_ms"] / row[f"{rt}_int8_b{b}_ms"]
+            row[f"{rt}_int8_acc_change"] = row[f"{rt}_int8_acc"] - row[f"{rt}_fp32_acc"]
+    return rows
+
+
+def int8_markdown(result: dict) -> str:
+    rows = result["rows"]
+    b = next(k for k in rows[0] if k.startswith("ort_fp32_b")).split("_b")[1].removesuffix("_ms")
+    lines = [f"| model | test images | runtime | fp32 acc | int8 acc | int8 - fp32 (points) | "
+             f"fp32 b{b} (ms) | int8 b{b} (ms) | int8 speed-up |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for rt, name in (("ort", "ONNX Runtime"), ("openvino", "OpenVINO")):
+            lines.append(f"| {r['model']} | {r['test_images']:,} | {name} | {100 * r[f'{rt}_fp32_acc']:.2f} % | "
+                         f"{100 * r[f'{rt}_int8_acc']:.2f} % | {100 * r[f'{rt}_int8_acc_change']:+.2f} | "
+                         f"{r[f'{rt}_fp32_b{b}_ms']:.2f} | {r[f'{rt}_int8_b{b}_ms']:.2f} | "
+                         f"{r[f'{rt}_int8_speedup']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -700,10 +810,13 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["train", "plan", "deploy", "widths", "compile", "latency"], nargs="?",
+    p.add_argument("section", choices=["train", "plan", "deploy", "widths", "compile", "latency", "int8"], nargs="?",
                    default="train")
     p.add_argument("--experiments", nargs="+", default=["googlenet_rs", "mobilenet_rs"],
-                   help="widths: thesis experiments whose Psi and Psi' are timed")
+                   help="widths: thesis experiments whose Psi and Psi' are timed; int8: whose "
+                        "released Psi is quantized")
+    p.add_argument("--run-dirs", nargs="*", default=[],
+                   help="int8: finished run directories with export/model.onnx and model_int8.onnx")
     p.add_argument("--targets", nargs="+", default=["generic", "x86_avx2", "x86_avx512"],
                    help="widths: deployment targets (conf/target/)")
     p.add_argument("--classes", type=int, default=10, help="widths: N outputs of Psi'")
@@ -736,7 +849,7 @@ def main() -> None:
     sections = {"train": (bench_train, markdown), "plan": (bench_plan, plan_markdown),
                 "deploy": (bench_deploy, deploy_markdown), "widths": (bench_widths, widths_markdown),
                 "compile": (bench_compile, compile_markdown),
-                "latency": (bench_latency, latency_markdown)}
+                "latency": (bench_latency, latency_markdown), "int8": (bench_int8, int8_markdown)}
     compute, render = sections[args.section]
     result.update(compute(args))
     args.out = args.out or REPO / "outputs" / "bench" / f"{args.section}.json"

@@ -134,3 +134,36 @@ def test_the_report_compares_int8_with_the_same_runtime():
     assert "ONNX Runtime: int8 speed-up over its own fp32: 0.50x at batch 1" in text
     assert "OpenVINO: int8 speed-up over its own fp32: 2.00x at batch 1" in text
     assert "PyTorch eager fp32 at batch" not in text  # no cross-runtime speed-up
+
+
+def test_bench_int8_reports_each_runtime_against_its_own_fp32(files):
+    """scripts/bench.py int8: the accuracy of each file on each runtime is the file's own
+    (checked against ONNX Runtime's logits here), the int8 change and speed-up compare with the
+    same runtime's fp32, and a sweep directory's name is shortened readably."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from rsnet.config import DatasetConfig
+    from rsnet.data import build_data
+    from test_tables import load_script
+
+    bench = load_script("bench")
+    data = build_data(OmegaConf.merge(OmegaConf.structured(DatasetConfig(name="synthetic", source={
+        "_target_": "rsnet.data.sources.Synthetic", "num_classes": 5, "train_per_class": 10,
+        "test_per_class": 12, "size": SIZE})), {"mean": [0.5] * 3, "std": [0.25] * 3}))
+    args = argparse.Namespace(latency_batch=4, repeats=2)
+    [row] = bench._int8_rows([("toy", {"fp32": files["fp32"], "int8": files["int8"]}, data, SIZE)], args)
+    from rsnet.data.loader import BatchLoader
+    batches = [x for x, _ in BatchLoader(data.test, 250, data.mean, data.std)]
+    for precision in ("fp32", "int8"):
+        logits = onnx_logits(open_session(files[precision], 1), batches)
+        acc = (logits.argmax(1) == data.test.targets).double().mean().item()
+        assert row[f"ort_{precision}_acc"] == pytest.approx(acc)
+    assert row["test_images"] == 60 and "ort_fp32_acc_local" not in row  # no misc class
+    for rt in ("ort", "openvino"):
+        assert row[f"{rt}_int8_speedup"] == pytest.approx(row[f"{rt}_fp32_b4_ms"] / row[f"{rt}_int8_b4_ms"])
+        assert row[f"{rt}_int8_acc_change"] == pytest.approx(row[f"{rt}_int8_acc"] - row[f"{rt}_fp32_acc"])
+    assert "| toy | 60 | OpenVINO |" in bench.int8_markdown({"rows": [row]})
+    assert bench.run_label("dataset.num_classes=10,model.checkpoint=m.pt,recipe=carve,seed=2,"
+                           "train.distill.enabled=True") == "num_classes=10,recipe=carve,seed=2,distill=True"
