@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from rsnet.deploy.fold import fold_post_activation_bn
 from rsnet.errors import RsnetError
 
 log = logging.getLogger(__name__)
@@ -114,15 +115,19 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool = False) -> No
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int = 18,
                 dynamic_batch: bool = True, metadata: Mapping[str, object] | None = None,
-                channels: int = 3, compact: bool = True) -> Path:
+                channels: int = 3, compact: bool = True, fold: bool = True) -> Path:
     """Export ``model`` (eval mode, fp32, CPU) to ``path`` with torch.onnx's dynamo exporter.
 
     Input ``input`` (batch, channels, input_size, input_size) float32, normalised as in
     training; output ``logits``. The batch dimension is dynamic unless ``dynamic_batch`` is
     false. One file unless the weights exceed :data:`SINGLE_FILE_LIMIT`. ``compact``
-    shortens internal tensor names (:func:`compact_names`).
+    shortens internal tensor names (:func:`compact_names`). ``fold`` first folds BatchNorms
+    that follow an activation into their convolutions (exact; on a copy:
+    :mod:`rsnet.deploy.fold`), so an int8 graph has no float islands there.
     """
     path = Path(path)
+    if fold:
+        model = fold_post_activation_bn(model.eval())
     net = MainLogits(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
     example = (torch.zeros(2, channels, input_size, input_size),)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
