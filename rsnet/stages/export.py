@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader
 from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
+from rsnet.deploy.fold import fold_post_activation_bn
 from rsnet.deploy.onnx_io import MainLogits
 from rsnet.deploy.runtimes import DeployRuntime, predict_logits, predictor_latency
 from rsnet.errors import RsnetError
@@ -120,10 +121,11 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
         for kind, sess in sessions.items():
             out[f"latency/ort_{kind}_b{b}_ms"] = session_latency(sess, size, b, lat.runs, lat.warmup)
     del sessions, session  # their thread pools would compete with the next runtime's
+    deployed = fold_post_activation_bn(net)  # what the ONNX files hold (export_onnx folds)
     for spec in (ex.runtimes or {}).values():
         runtime: DeployRuntime = instantiate(spec)
         # ONNX, or its own format planned for the largest timed batch
-        own = runtime.files(files, net, size, max(lat.batch_sizes), calib_x)
+        own = runtime.files(files, deployed, size, max(lat.batch_sizes), calib_x)
         out.update(runtime_metrics(runtime, own, ref, verify_x, data, size, ex))
     return {**out, **torch_latency}
 
