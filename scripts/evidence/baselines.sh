@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The strong 200-class baselines Psi (googlenet_rs and mobilenet_v1 on Tiny-ImageNet-200 at
 # 64 px, the recipe in conf/experiment/*_tiny_baseline.yaml), trained side by side with one
-# thread each, then released in fp16 as checkpoints/<arch>_tiny200.pt. CPU hours (about 7 h
-# for GoogLeNet and 4 h for MobileNet on a 2-core Xeon): killed at any point, the same
-# command resumes each run from its last finished epoch.
+# thread each, then released in fp16 as checkpoints/<arch>_tiny200.pt. CPU hours (5 to 17 h
+# for GoogLeNet and about 4 h for MobileNet on a 2-core Xeon, by its load): killed at any
+# point, the same command resumes each run from its last checkpoint (written at every epoch's
+# end and every train.checkpoint_every_min = 10 minutes within one).
 #   RUNS=/work/runs bash scripts/evidence/baselines.sh        # run directories under $RUNS
 set -euo pipefail
 cd "$(dirname "$0")/../.."
