@@ -35,6 +35,11 @@ class DatasetConfig:
     root: Optional[str] = None  # data folder; else $RSNET_DATA, else ./data (then ../shared/data)
     cache_dir: Optional[str] = None  # decoded-image cache; else $RSNET_CACHE, else ~/.cache/rsnet
     image_size: Optional[int] = None  # resize at decode time; None keeps the native size
+    # with image_size: shorter side resized to resize_size, then the centre image_size x
+    # image_size crop (torchvision's eval preprocessing, e.g. 232 -> 224); None: straight to
+    # image_size. model.arch.weights fills it, image_size and interpolation (docs/models.md)
+    resize_size: Optional[int] = None
+    interpolation: Optional[str] = None  # of resize_size: bilinear | bicubic; None: bilinear
     num_classes: Optional[int] = None  # N outputs incl. misc; None = all classes, no subset
     classes: Optional[List[str]] = None  # explicit in-scope class names (else seeded choice)
     misc: bool = True  # add a misc class for everything out of scope
@@ -268,7 +273,9 @@ NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "datas
 
 # Keys added after run directories existed, with the value they had implicitly before: left
 # out of the fingerprint while they hold it, so those run directories still resume.
-ADDED_KEYS = {"scaling.budget.runtime": "onnxruntime", "scaling.budget.threads": 1}
+ADDED_KEYS = {"scaling.budget.runtime": "onnxruntime", "scaling.budget.threads": 1,
+              "dataset.resize_size": None, "dataset.interpolation": None,
+              "model.arch.weights": None}
 
 
 def _dirname(override_dirname: str) -> str:

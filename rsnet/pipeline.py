@@ -25,9 +25,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rsnet import progress
-from rsnet.config import ADDED_KEYS, NON_RESULT_KEYS, STAGES
+from rsnet.config import ADDED_KEYS, IMAGENET_MEAN, IMAGENET_STD, NON_RESULT_KEYS, STAGES
 from rsnet.deploy import CALIB_METHODS
 from rsnet.errors import RsnetError
+from rsnet.models import has_trained_weights, pretrained_weights
 from rsnet.stages import PIPELINE, Context
 from rsnet.stages.compress import method as compression_method
 from rsnet.train import check_select_on, resolve_runtime
@@ -138,9 +139,46 @@ def check_settings(cfg: DictConfig) -> None:
                          f"{', '.join(CALIB_METHODS)}")
     if cfg.export.exporter is not None and not cfg.export.latency.batch_sizes:
         raise RsnetError("export.latency.batch_sizes is empty: give at least one batch size, e.g. [1]")
-    if cfg.train.distill.enabled and not cfg.model.checkpoint:
+    if cfg.train.distill.enabled and not has_trained_weights(cfg.model):
         raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "
-                         "set model.checkpoint")
+                         "set model.checkpoint (or model.arch.weights)")
+
+
+def use_weights_preprocessing(cfg: DictConfig) -> None:
+    """With ``model.arch.weights``: the weights' evaluation preprocessing (torchvision's
+    ``weights.transforms()``) fills the data and input settings, in place.
+
+    Settings left unset take the weights' values: ``dataset.image_size`` (the crop),
+    ``dataset.resize_size`` (scaled with image_size when only that is given: 160 -> 166 for
+    232 -> 224), ``dataset.interpolation`` where null, ``dataset.mean`` / ``std`` where at
+    ImageNet's defaults. Values given are kept, with a warning where they differ from the
+    weights'. ``model.input_size`` is always ``dataset.image_size``: the images are that size.
+    """
+    from rsnet.models.torchvision_models import weights_preprocessing
+    weights = pretrained_weights(cfg.model)
+    if weights is None:
+        return
+    pre, ds = weights_preprocessing(weights), cfg.dataset
+    size = ds.image_size or pre.crop_size
+    ds.resize_size = ds.resize_size or round(size * pre.resize_size / pre.crop_size)
+    ds.image_size, ds.interpolation = size, ds.interpolation or pre.interpolation
+    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        if list(ds[key]) == default:
+            ds[key] = getattr(pre, key)
+    weights_own = {"image_size": pre.crop_size, "resize_size": pre.resize_size,
+                   "interpolation": pre.interpolation, "mean": pre.mean, "std": pre.std}
+    have = {k: list(ds[k]) if k in ("mean", "std") else ds[k] for k in weights_own}
+    kept = [f"dataset.{k}={have[k]} (the weights': {v})" for k, v in weights_own.items()
+            if have[k] != v]
+    if kept:
+        log.warning("model.arch.weights=%r: the config's preprocessing differs from the "
+                    "weights': %s", weights, "; ".join(kept))
+    if cfg.model.input_size != size:
+        log.info("model.input_size=%d -> %d: the size of the images (dataset.image_size)",
+                 cfg.model.input_size, size)
+    cfg.model.input_size = size
+    log.info("model.arch.weights=%r: shorter side to %d px (%s), centre crop %d px, mean %s, std %s",
+             weights, ds.resize_size, ds.interpolation, size, list(ds.mean), list(ds.std))
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
@@ -150,6 +188,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.stop_after not in STAGES:
         raise RsnetError(f"stop_after={cfg.stop_after!r}: use one of {', '.join(STAGES)}")
+    use_weights_preprocessing(cfg)  # before the checks and the fingerprint, which see its values
     validate(cfg)
     check_settings(cfg)
     torch.manual_seed(cfg.seed)

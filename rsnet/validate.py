@@ -13,6 +13,7 @@ from numbers import Real
 
 from omegaconf import DictConfig, OmegaConf
 
+from rsnet.data.sources import INTERPOLATIONS
 from rsnet.plan.budget import RULES, UNITS
 from rsnet.errors import RsnetError
 from rsnet.openset import SCORES
@@ -28,6 +29,7 @@ RANGES = [
     ("train.optimizer.weight_decay", 0, None, False), ("train.optimizer.momentum", 0, 1, False),
     ("dataset.misc_multiplier", 0, None, False), ("dataset.val_fraction", 0, 0.99, False),
     ("dataset.unseen_fraction", 0, 0.99, False), ("dataset.image_size", 8, 4096, True),
+    ("dataset.resize_size", 8, 4096, True),
     ("model.input_size", 8, 4096, True), ("scaling.budget.lam", 0, 1, False),
     ("scaling.widths.min_width", 1, None, True), ("scaling.widths.round_to", 1, None, True),
     ("compression.steps", 1, None, True), ("compression.step_epochs", 0, None, True),
@@ -39,7 +41,7 @@ RANGES = [
 ]
 CHOICES = [("scaling.budget.rule", RULES), ("scaling.budget.unit", UNITS),
            ("openset.score", SCORES),
-           ("dataset.misc_test", ("sampled", "all"))]
+           ("dataset.misc_test", ("sampled", "all")), ("dataset.interpolation", INTERPOLATIONS)]
 # a required value the user must give, and an example of it
 REQUIRED_HINTS = {"dataset.source.path": "dataset.source.path=/path/to/images",
                   "scaling.policy.path": "scaling.policy.path=/path/to/plan.json",
@@ -86,5 +88,12 @@ def validate(cfg: DictConfig) -> None:
             raise RsnetError(f"scaling.budget.rule={budget.rule} needs scaling.budget.value")
         high = 1 if budget.rule == "ratio" else None
         _check_range("scaling.budget.value", budget.value, POSITIVE, high, False)
+    ds = cfg.dataset
+    if (ds.resize_size is not None or ds.interpolation is not None) and ds.image_size is None:
+        raise RsnetError("dataset.resize_size and dataset.interpolation resize to "
+                         "dataset.image_size: set it too (the side of the centre crop)")
+    if ds.resize_size is not None and ds.resize_size < ds.image_size:
+        raise RsnetError(f"dataset.resize_size={ds.resize_size} is smaller than the crop "
+                         f"dataset.image_size={ds.image_size}: use at least {ds.image_size}")
     for i, b in enumerate(cfg.export.latency.batch_sizes or []):
         _check_range(f"export.latency.batch_sizes[{i}]", b, 1, None, True)

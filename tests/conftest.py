@@ -47,6 +47,17 @@ def _cache_dir(tmp_path_factory):
     yield
 
 
+def network_reachable(host: str = "download.pytorch.org") -> bool:
+    """Whether ``host`` resolves: the offline checks of downloads then simulate the failure
+    (or skip) instead of downloading."""
+    import socket
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
 def compose_cfg(*overrides: str):
     """The config for ``overrides``; without an ``experiment=...`` the plain defaults (not
     the default job's experiment, conf/experiment/demo.yaml)."""

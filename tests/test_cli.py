@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, network_reachable
 
 pytestmark = pytest.mark.integration
 
@@ -19,9 +19,10 @@ REQUIRED_KEYS = {"model/params", "model/macs", "test/acc", "test/acc_local", "te
                  "test/acc_raw", "test/misc_share", "train/images_per_s", "latency/torch_fp32_b1_ms"}
 
 
-def run(tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
+def run(tmp_path: Path, *overrides: str, run_dir: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     run_dir = run_dir or tmp_path / "run"
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "scripts" / "run.py"), *overrides,
                            f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
@@ -94,6 +95,35 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "corrupt" in res.stderr and "Traceback" not in res.stderr
     res = run(tmp_path, *TINY, "model.checkpoint=missing.th", run_dir=tmp_path / "run2")
     assert res.returncode == 2 and "model.checkpoint" in res.stderr
+
+
+# ImageNet-1k's label space as tiny synthetic images, two classes picked by the weights' names
+PRETRAINED = ["~experiment", "model=torchvision", "model.arch.name=squeezenet1_1",
+              "dataset=synthetic", "dataset.source.num_classes=1000", "dataset.source.size=8",
+              "dataset.source.train_per_class=2", "dataset.source.test_per_class=1",
+              "dataset.val_fraction=0.5", "dataset.image_size=32", "dataset.num_classes=3",
+              "dataset.classes=[tabby,tiger cat]", "progress=false"]
+
+
+def test_unknown_pretrained_weights_name_the_valid_ones(tmp_path):
+    res = run(tmp_path, *PRETRAINED, "model.arch.weights=IMAGENET1K_V9")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model.arch.weights=IMAGENET1K_V9: unknown for squeezenet1_1; use one of " \
+           "IMAGENET1K_V1, DEFAULT" in res.stderr
+
+
+def test_pretrained_weights_that_cannot_be_downloaded_are_one_clear_error(tmp_path):
+    if network_reachable():
+        pytest.skip("a network exists: this checks the offline error (in-process, simulated: "
+                    "test_torchvision_weights.py)")
+    home = tmp_path / "torch_home"
+    res = run(tmp_path, *PRETRAINED, "model.arch.weights=DEFAULT", env={"TORCH_HOME": str(home)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model.arch.weights=SqueezeNet1_1_Weights.IMAGENET1K_V1: cannot download " \
+           "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth" in res.stderr
+    assert f"place that file at {home / 'hub' / 'checkpoints' / 'squeezenet1_1-b8a52dc0.pth'}" \
+        in res.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_stop_after_plan_writes_the_plan_and_a_full_run_builds_it(tmp_path):

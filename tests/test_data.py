@@ -6,7 +6,7 @@ import torch
 from rsnet.config import DatasetConfig
 from rsnet.data import build_data
 from rsnet.data.loader import BatchLoader, Split, random_crop_flip
-from rsnet.data.sources import Synthetic
+from rsnet.data.sources import ImageSize, Synthetic
 from rsnet.data.subsets import cap_per_class, choose_classes, split_train_val, subset_indices
 from rsnet.errors import RsnetError
 from omegaconf import OmegaConf
@@ -121,7 +121,7 @@ def test_crop_and_flip_match_a_per_image_reference():
 
 
 def test_loader_normalises_and_is_deterministic_per_epoch():
-    raw = Synthetic(num_classes=3, train_per_class=10, size=8).load(None, None, None).train
+    raw = Synthetic(num_classes=3, train_per_class=10, size=8).load(None, None, ImageSize()).train
     split = Split(raw.images, raw.labels, raw.labels)
     loader = BatchLoader(split, 8, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True, crop_padding=2,
                          flip=True, seed=1)
@@ -191,7 +191,7 @@ def test_tiny_imagenet_layout_is_parsed_from_an_archive(tmp_path):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     raw = __import__("rsnet.data.sources", fromlist=["TinyImageNet"]).TinyImageNet().load(
-        tmp_path, tmp_path / "cache", None)
+        tmp_path, tmp_path / "cache", ImageSize())
     assert raw.class_names == ["n02 (shark)", "n01 (goldfish)"]  # wnids.txt order
     assert raw.train.labels.tolist() == [1, 1, 0, 0]
     assert raw.test.labels.tolist() == [1, 0]  # val_0 is n01 -> label 1

@@ -178,7 +178,7 @@ def test_int8_temporary_files_stay_in_the_run_directory(tmp_path, monkeypatch):
 def test_image_folder_errors_name_every_bad_file_and_empty_class(tmp_path):
     import numpy as np
     from PIL import Image
-    from rsnet.data.sources import ImageFolderSource as ImageFolder
+    from rsnet.data.sources import ImageFolderSource as ImageFolder, ImageSize
     for split in ("train", "val"):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
@@ -186,11 +186,11 @@ def test_image_folder_errors_name_every_bad_file_and_empty_class(tmp_path):
     (tmp_path / "train" / "a" / "bad1.jpg").write_text("junk")
     (tmp_path / "train" / "b" / "bad2.jpg").write_text("junk")
     with pytest.raises(RsnetError, match=r"2 image\(s\).*bad1\.jpg.*bad2\.jpg"):
-        ImageFolder(str(tmp_path)).load(tmp_path, tmp_path / "cache", None)
+        ImageFolder(str(tmp_path)).load(tmp_path, tmp_path / "cache", ImageSize())
     for f in ("bad1.jpg", "bad2.jpg", "0.png"):
         (tmp_path / "train" / ("a" if f != "bad2.jpg" else "b") / f).unlink()
     with pytest.raises(RsnetError, match="without images.*: a;"):
-        ImageFolder(str(tmp_path)).load(tmp_path, tmp_path / "cache2", None)
+        ImageFolder(str(tmp_path)).load(tmp_path, tmp_path / "cache2", ImageSize())
 
 
 def test_duplicate_classes_are_named_and_classify_top_zero_is_refused(capsys):

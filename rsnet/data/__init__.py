@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from hydra.utils import instantiate
 
 from rsnet.config import AugmentConfig, DatasetConfig
 from rsnet.data.loader import Split
-from rsnet.data.sources import RawDataset, default_cache_dir
+from rsnet.data.sources import ImageSize, RawDataset, default_cache_dir
 from rsnet.data.subsets import (ClassSubset, cap_per_class, choose_classes, hold_out_unseen,
-                                split_train_val, subset_indices)
+                                requested_names, split_train_val, subset_indices)
 from rsnet.errors import RsnetError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class DataBundle:
     std: list[float]
     augment: AugmentConfig
     unseen: Split | None = None  # test images of the unseen out-of-scope classes (labelled misc)
+    base_folders: list[str] | None = None  # the labels' folder names, where other names name them
 
     @property
     def num_outputs(self) -> int:
@@ -57,7 +59,9 @@ class DataBundle:
             "class_names": self.class_names,
             "in_scope": None if self.subset is None else [
                 {"label": self.class_names.index(self.base_class_names[c]), "name":
-                 self.base_class_names[c], "original_label": c} for c in self.subset.classes],
+                 self.base_class_names[c], "original_label": c,
+                 **({"folder": self.base_folders[c]} if self.base_folders else {})}
+                for c in self.subset.classes],
             "misc_label": self.misc_label,
             "unseen": None if self.subset is None else [
                 {"name": self.base_class_names[c], "original_label": c} for c in self.subset.unseen],
@@ -83,17 +87,32 @@ def _make_split(raw_images, raw_labels, idx, lookup) -> Split:
     return Split(raw_images[idx], lookup[orig], orig)
 
 
-def build_data(cfg: DatasetConfig) -> DataBundle:
-    """Load (decode or read the cache), select the class subset and make the three splits."""
+def build_data(cfg: DatasetConfig, base_names: Sequence[str] | None = None) -> DataBundle:
+    """Load (decode or read the cache), select the class subset and make the three splits.
+
+    ``base_names``: the labels' names in label order instead of the source's (folder) names: the
+    categories of the pretrained weights ``model.arch.weights``, for a dataset with as many
+    classes (ImageNet-1k's sorted class folders are in their order); ``dataset.classes`` may
+    use either.
+    """
     try:
         source = instantiate(cfg.source)
     except InstantiationException as e:
         raise RsnetError(f"dataset.source of dataset={cfg.name} is invalid: {e}") from e
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    raw: RawDataset = source.load(data_root(cfg.root), cache, cfg.image_size)
-    base = raw.class_names
-    subset = choose_classes(base, cfg.num_classes, cfg.misc, cfg.seed,
-                            list(cfg.classes) if cfg.classes else None)
+    size = ImageSize(cfg.image_size, cfg.resize_size, cfg.interpolation)
+    raw: RawDataset = source.load(data_root(cfg.root), cache, size)
+    base, folders, classes = raw.class_names, None, list(cfg.classes) if cfg.classes else None
+    if base_names is not None and list(base_names) != base:
+        if len(base_names) != len(base):
+            raise RsnetError(
+                f"model.arch.weights names {len(base_names)} classes (e.g. {list(base_names[:3])})"
+                f" but dataset={cfg.name} has {len(base)}: pretrained weights need the dataset "
+                f"they were trained on (ImageNet-1k: dataset=imagefolder on its "
+                f"{len(base_names)} class folders); pick your classes from it with dataset.classes")
+        folders, base = base, list(base_names)
+        classes = requested_names(classes, folders, base) if classes else None
+    subset = choose_classes(base, cfg.num_classes, cfg.misc, cfg.seed, classes)
     if subset is not None:
         subset = hold_out_unseen(subset, cfg.unseen_fraction, cfg.seed)
     elif cfg.unseen_fraction:
@@ -125,4 +144,4 @@ def build_data(cfg: DatasetConfig) -> DataBundle:
     log.info("data %s: %d outputs, train/val/test %d/%d/%d images", cfg.name, len(names),
              len(splits["train"]), len(splits["val"]), len(splits["test"]))
     return DataBundle(splits["train"], splits["val"], splits["test"], names, base, subset,
-                      composition, list(cfg.mean), list(cfg.std), cfg.augment, unseen)
+                      composition, list(cfg.mean), list(cfg.std), cfg.augment, unseen, folders)

@@ -55,21 +55,58 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RSNET_CACHE", Path.home() / ".cache" / "rsnet"))
 
 
-def decode_image(data: bytes | Path, image_size: int | None) -> np.ndarray:
-    """Decode one image file to uint8 (3, S, S) (or its native size when image_size is None).
+INTERPOLATIONS = ("bilinear", "bicubic")
 
-    A resize keeps the aspect ratio (shorter side to ``image_size``) and centre-crops.
-    """
+
+@dataclass(frozen=True)
+class ImageSize:
+    """How images are sized once, when decoded: ``size`` x ``size`` pixels (None: the native
+    size). Plain (``resize`` and ``interpolation`` None): shorter side to ``size``, centre crop
+    (rsnet's own resize). Else torchvision's eval preprocessing on PIL images: shorter side to
+    ``resize`` (default ``size``) with ``interpolation`` (default bilinear), centre crop."""
+
+    size: int | None = None
+    resize: int | None = None
+    interpolation: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.resize is None and self.interpolation is None
+
+    def key(self) -> str:
+        """Its part of a cache key: the size alone when plain, as before resize existed, so
+        those caches are still read."""
+        return str(self.size) if self.plain else \
+            f"{self.size}:resize={self.resize}:{self.interpolation or 'bilinear'}"
+
+
+def decode_image(data: bytes | Path, size: ImageSize) -> np.ndarray:
+    """Decode one image file to uint8 (3, S, S), S = ``size.size`` (or its native size when
+    that is None), sized as :class:`ImageSize` says."""
     img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data).convert("RGB")
-    if image_size is not None and img.size != (image_size, image_size):
+    side = size.size
+    if side is not None and not size.plain:
+        img = resize_crop(img, size)
+    elif side is not None and img.size != (side, side):
         w, h = img.size
-        scale = image_size / min(w, h)
-        img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
+        scale = side / min(w, h)
+        img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))),
                          Image.BILINEAR)
         w, h = img.size
-        left, top = (w - image_size) // 2, (h - image_size) // 2
-        img = img.crop((left, top, left + image_size, top + image_size))
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
     return np.asarray(img).transpose(2, 0, 1)
+
+
+def resize_crop(images: Image.Image | torch.Tensor, size: ImageSize
+                ) -> Image.Image | torch.Tensor:
+    """A PIL image, or uint8 (n, 3, h, w) images, sized as torchvision's eval transform does
+    (``size`` not plain): shorter side to ``size.resize`` (antialiased), centre crop."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+    mode = InterpolationMode(size.interpolation or "bilinear")
+    resized = F.resize(images, [size.resize or size.size], interpolation=mode, antialias=True)
+    return F.center_crop(resized, [size.size])
 
 
 def _stack(items: list[tuple[str, int, np.ndarray]]) -> RawSplit:
@@ -181,13 +218,13 @@ class _FolderOrArchive(ABC):
     name: str
     folder: str
 
-    def load(self, root: Path, cache_dir: Path, image_size: int | None) -> RawDataset:
+    def load(self, root: Path, cache_dir: Path, size: ImageSize) -> RawDataset:
         path = _find(root, self.folder)
-        return cached(f"{self.name}:{_fingerprint(path)}:{image_size}",
-                      lambda: self._decode(path, image_size), cache_dir)
+        return cached(f"{self.name}:{_fingerprint(path)}:{size.key()}",
+                      lambda: self._decode(path, size), cache_dir)
 
     @abstractmethod
-    def _decode(self, path: Path, image_size: int | None) -> RawDataset:
+    def _decode(self, path: Path, size: ImageSize) -> RawDataset:
         """Decode every image under ``path`` (a folder or an archive)."""
 
 
@@ -197,12 +234,12 @@ class Cifar10Jpeg(_FolderOrArchive):
     name = "cifar10_jpeg"
     folder = "cifar10-jpeg"
 
-    def _decode(self, path: Path, image_size: int | None) -> RawDataset:
+    def _decode(self, path: Path, size: ImageSize) -> RawDataset:
         found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
         for rel, data in _walk_files(path, f"decoding {self.folder}"):
             parts = rel.split("/")
             if len(parts) == 3 and parts[0] in found and rel.lower().endswith(IMAGE_SUFFIXES):
-                found[parts[0]].append((rel, parts[1], decode_image(data, image_size)))
+                found[parts[0]].append((rel, parts[1], decode_image(data, size)))
         class_names = sorted({c for _, c, _ in found["train"]})
         index = {c: i for i, c in enumerate(class_names)}
         splits = [_stack([(r, index[c], a) for r, c, a in found[s]]) for s in ("train", "test")]
@@ -215,7 +252,7 @@ class TinyImageNet(_FolderOrArchive):
     name = "tiny_imagenet"
     folder = "tiny-imagenet-200"
 
-    def _decode(self, path: Path, image_size: int | None) -> RawDataset:
+    def _decode(self, path: Path, size: ImageSize) -> RawDataset:
         train, val, wnids, words, val_ann = [], {}, None, {}, {}
         for rel, data in _walk_files(path, f"decoding {self.folder}"):
             parts = rel.split("/")
@@ -226,9 +263,9 @@ class TinyImageNet(_FolderOrArchive):
             elif rel == "val/val_annotations.txt":
                 val_ann = {ln.split("\t")[0]: ln.split("\t")[1] for ln in data.decode().splitlines() if ln}
             elif parts[0] == "train" and len(parts) == 4 and rel.endswith(".JPEG"):
-                train.append((rel, parts[1], decode_image(data, image_size)))
+                train.append((rel, parts[1], decode_image(data, size)))
             elif parts[:2] == ["val", "images"] and rel.endswith(".JPEG"):
-                val[parts[2]] = decode_image(data, image_size)
+                val[parts[2]] = decode_image(data, size)
         if wnids is None or not val_ann:
             raise RsnetError(f"{path} lacks wnids.txt or val/val_annotations.txt: it is not a "
                              f"complete Tiny-ImageNet-200; replace it or change dataset.root")
@@ -243,7 +280,7 @@ class TinyImageNet(_FolderOrArchive):
 class ImageFolderSource:
     """Any ImageFolder tree: ``<path>/<train_dir>/<class>/*.jpg`` and ``<path>/<test_dir>/...``.
 
-    ``path`` is absolute or relative to the data root. Use ``image_size`` for images of
+    ``path`` is absolute or relative to the data root. Use ``dataset.image_size`` for images of
     mixed sizes (e.g. ImageNet); every image is resized and centre-cropped once when cached.
     """
 
@@ -252,18 +289,18 @@ class ImageFolderSource:
     def __init__(self, path: str, train_dir: str = "train", test_dir: str = "val"):
         self.path, self.train_dir, self.test_dir = path, train_dir, test_dir
 
-    def load(self, root: Path, cache_dir: Path, image_size: int | None) -> RawDataset:
+    def load(self, root: Path, cache_dir: Path, size: ImageSize) -> RawDataset:
         base = Path(self.path) if Path(self.path).is_absolute() else root / self.path
         dirs = [base / self.train_dir, base / self.test_dir]
         for d in dirs:
             if not d.is_dir():
                 raise RsnetError(f"image folder {d} not found: set dataset.source.path "
                                  f"(and train_dir/test_dir) to an ImageFolder tree")
-        return cached(f"{self.name}:{_fingerprint(dirs[0])}:{_fingerprint(dirs[1])}:{image_size}",
-                      lambda: self._decode(dirs, image_size), cache_dir)
+        return cached(f"{self.name}:{_fingerprint(dirs[0])}:{_fingerprint(dirs[1])}:{size.key()}",
+                      lambda: self._decode(dirs, size), cache_dir)
 
     @staticmethod
-    def _decode(dirs: list[Path], image_size: int | None) -> RawDataset:
+    def _decode(dirs: list[Path], size: ImageSize) -> RawDataset:
         class_names = sorted(p.name for p in dirs[0].iterdir() if p.is_dir())
         if not class_names:
             raise RsnetError(f"{dirs[0]} has no class folders; see dataset.source.path")
@@ -281,7 +318,7 @@ class ImageFolderSource:
             for p in bar(files, desc=f"decoding {d}", unit="img"):
                 try:
                     items.append((p.relative_to(d).as_posix(), index[p.parent.name],
-                                  decode_image(p, image_size)))
+                                  decode_image(p, size)))
                 except (OSError, ValueError) as e:  # every bad file named at once, not the first
                     bad.append(f"{p} ({e})")
             if bad:
@@ -299,7 +336,7 @@ class TorchvisionCifar:
             raise RsnetError(f"dataset.source.name={name!r}: use CIFAR10 or CIFAR100")
         self.name, self.download = name, download
 
-    def load(self, root: Path, cache_dir: Path, image_size: int | None) -> RawDataset:
+    def load(self, root: Path, cache_dir: Path, size: ImageSize) -> RawDataset:
         import torchvision
 
         cls = getattr(torchvision.datasets, self.name)
@@ -311,9 +348,11 @@ class TorchvisionCifar:
         splits = []
         for ds in sets:
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-            if image_size is not None and image_size != images.shape[-1]:
+            if size.size is not None and not size.plain:
+                images = resize_crop(images, size)
+            elif size.size is not None and size.size != images.shape[-1]:
                 images = torch.nn.functional.interpolate(
-                    images.float(), size=image_size, mode="bilinear", antialias=True
+                    images.float(), size=size.size, mode="bilinear", antialias=True
                 ).round().clamp(0, 255).to(torch.uint8)
             splits.append(RawSplit(images, torch.tensor(ds.targets, dtype=torch.int64)))
         return RawDataset(*splits, list(sets[0].classes))
@@ -332,8 +371,11 @@ class Synthetic:
         self.num_classes, self.size, self.noise, self.seed = num_classes, size, noise, seed
         self.per_class = {"train": train_per_class, "test": test_per_class}
 
-    def load(self, root: Path | None, cache_dir: Path | None, image_size: int | None) -> RawDataset:
-        size = image_size or self.size
+    def load(self, root: Path | None, cache_dir: Path | None, image_size: ImageSize) -> RawDataset:
+        """Made at ``image_size.size`` (else ``size``) px; made at ``size`` and then resized and
+        cropped when ``image_size`` is not plain."""
+        plain = image_size.plain or image_size.size is None
+        size = (image_size.size if plain else None) or self.size
         g = torch.Generator().manual_seed(self.seed)
         # Low-resolution class prototypes, upsampled: smooth patterns a small CNN can learn.
         protos = torch.rand(self.num_classes, 3, 4, 4, generator=g) * 255
@@ -344,5 +386,5 @@ class Synthetic:
             labels = torch.arange(self.num_classes).repeat_interleave(n)
             noise = torch.randn(len(labels), 3, size, size, generator=g) * self.noise
             images = (protos[labels] + noise).round().clamp(0, 255).to(torch.uint8)
-            splits.append(RawSplit(images, labels))
+            splits.append(RawSplit(images if plain else resize_crop(images, image_size), labels))
         return RawDataset(*splits, [f"class{i}" for i in range(self.num_classes)])

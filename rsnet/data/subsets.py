@@ -8,6 +8,8 @@ in-scope class) images drawn at random from the out-of-scope classes only.
 from __future__ import annotations
 
 from collections import Counter
+from difflib import get_close_matches
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +54,13 @@ class ClassSubset:
         return ([MISC_NAME] if self.misc else []) + [base_names[c] for c in self.classes]
 
 
+def requested_names(requested: Sequence[str], folders: list[str], names: list[str]) -> list[str]:
+    """``dataset.classes`` entries as label ``names`` (which name the labels instead of their
+    ``folders``): a label name as it is, a folder name translated (n02123045 -> tabby)."""
+    by_folder = dict(zip(folders, names))
+    return [r if r in names else by_folder.get(r, r) for r in requested]
+
+
 def choose_classes(base_names: list[str], num_classes: int | None, misc: bool, seed: int,
                    names: list[str] | None = None) -> ClassSubset | None:
     """Pick the in-scope classes: the given ``names``, else a seeded random choice.
@@ -63,8 +72,10 @@ def choose_classes(base_names: list[str], num_classes: int | None, misc: bool, s
     if names:
         unknown = [n for n in names if n not in base_names]
         if unknown:
+            close = sorted({c for n in unknown for c in get_close_matches(n, base_names, n=3)})
             raise RsnetError(f"dataset.classes: unknown class names {unknown[:5]}; "
-                             f"known names start with {base_names[:5]}")
+                             f"known names start with {base_names[:5]}"
+                             + (f"; close to these: {close[:10]}" if close else ""))
         chosen = [base_names.index(n) for n in names]
         twice = sorted({n for n in names if list(names).count(n) > 1})
         if twice:

@@ -10,7 +10,7 @@ The model file carries its class names (the misc class, when the model has one, 
 nothing else is needed. A model with a misc class also carries the misc threshold calibrated
 on validation (rsnet/openset.py): an image whose out-of-scope score exceeds it is answered
 ``misc``, else its most likely in-scope class (``--argmax`` answers by plain argmax instead). Images are decoded as in training: shorter side resized to the
-input size, centre crop, RGB.
+input size (or to the ``resize_size`` the model carries), centre crop, RGB.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsnet.data.sources import decode_image
+from rsnet.data.sources import ImageSize, decode_image
 from rsnet.deploy.onnx_io import open_session, read_metadata
 from rsnet.deploy.runtimes import DeployRuntime, ExecuTorch, OpenVINO
 from rsnet.errors import RsnetError
@@ -61,6 +61,7 @@ class Classifier:
         self.class_names: list[str] = meta["class_names"]
         self.misc_label: int | None = meta.get("misc_label")
         self.input_size: int = int(meta["input_size"])
+        self.image_size = ImageSize(self.input_size, meta.get("resize_size"), meta.get("interpolation"))
         self.mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
         self.std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
         # the calibrated misc decision (absent in models without misc or exported before it)
@@ -72,7 +73,7 @@ class Classifier:
         images = []
         for f in files:
             try:
-                images.append(decode_image(Path(f), self.input_size))
+                images.append(decode_image(Path(f), self.image_size))
             except Exception as e:  # noqa: BLE001 - PIL raises many types
                 raise RsnetError(f"cannot read image {f} ({type(e).__name__}: {e})") from e
         x = np.stack(images).astype(np.float32) / 255.0

@@ -2,7 +2,8 @@
 
 - ``resnet_cifar``: He et al.'s CIFAR ResNets (option-A shortcuts), loads akamaster's weights;
 - ``googlenet_rs``: the thesis's GoogLeNet; ``mobilenet_v1``: MobileNet v1 as the thesis built it;
-- ``vgg16``: the CIFAR VGG-16 with BN; ``torchvision_model``: any torchvision classifier by name;
+- ``vgg16``: the CIFAR VGG-16 with BN; ``torchvision_model``: any torchvision classifier by name,
+  untrained or with torchvision's pretrained weights (``model.arch.weights``);
 - CIFAR families (32 px): ``gunn_cifar`` (GUNN-15, Qiao et al. 2018, with the ``Gunn2D`` layer),
   ``wide_resnet`` (WRN-d-k, default WRN-40-2), ``densenet_cifar`` (DenseNet-40, k = 12; BC as
   an option), ``mobilenet_v2`` and ``shufflenet_v2`` (CIFAR strides).
@@ -18,24 +19,36 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from rsnet.config import ModelConfig
 from rsnet.errors import RsnetError
 from rsnet.fileio import load_checkpoint_file
 
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TORCHVISION_TARGET = "rsnet.models.torchvision_models.torchvision_model"
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Instantiate ``cfg.arch`` with ``num_classes`` outputs and load ``cfg.checkpoint`` if set."""
+    """Instantiate ``cfg.arch`` with ``num_classes`` outputs and load ``cfg.checkpoint`` if set
+    (over the pretrained weights of ``model.arch.weights``, when both are given)."""
+    arch = cfg.arch
+    if "weights" in arch and arch.weights is None:
+        # model=torchvision's default, left out: any model.arch._target_ given with
+        # model=torchvision (a CNN from outside rsnet) still builds
+        arch = {k: v for k, v in OmegaConf.to_container(arch, resolve=True).items() if k != "weights"}
     try:
-        model = instantiate(cfg.arch, num_classes=num_classes)
+        model = instantiate(arch, num_classes=num_classes)
     except InstantiationException as e:
         cause = e.__cause__ if isinstance(e.__cause__, RsnetError) else None
         if cause is not None:
@@ -44,6 +57,36 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.checkpoint:
         load_weights(model, resolve_checkpoint(cfg.checkpoint))
     return model
+
+
+def pretrained_weights(cfg: ModelConfig) -> WeightsEnum | None:
+    """The torchvision weights ``model.arch.weights`` names, or None; reads no file."""
+    weights = cfg.arch.get("weights")
+    if not weights:
+        return None
+    if cfg.arch.get("_target_") != TORCHVISION_TARGET:
+        raise RsnetError(f"model.arch.weights={weights}: torchvision's pretrained weights need "
+                         f"model=torchvision; give other weights with model.checkpoint")
+    from rsnet.models.torchvision_models import resolve_weights  # torchvision loads slowly
+    return resolve_weights(cfg.arch.name, weights)
+
+
+def has_trained_weights(cfg: ModelConfig) -> bool:
+    """Whether the baseline is trained (``model.checkpoint`` or ``model.arch.weights``), so its
+    classifier rows are worth keeping and it can be evaluated and distilled."""
+    return bool(cfg.checkpoint or cfg.arch.get("weights"))
+
+
+def untrained_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` building the same network freshly initialised: no checkpoint, no pretrained
+    weights (any width of classifier can then be asked for)."""
+    out = OmegaConf.merge(cfg, {"checkpoint": None})
+    if out.arch.get("weights"):
+        from rsnet.models.torchvision_models import untrained_twin
+        twin = untrained_twin(OmegaConf.to_container(out.arch))
+        with open_dict(out):
+            out.arch = twin
+    return out
 
 
 def resolve_checkpoint(name: str) -> Path:

@@ -1,6 +1,7 @@
 """Stage baseline: the trained C-way baseline Psi on the full test set, on the subset's test
 images, and mapped to an N-way model with a misc output (the honest reference for Psi')
-(baseline_metrics.json). Runs only with ``model.checkpoint``, on rank 0."""
+(baseline_metrics.json). Runs only with a trained baseline (``model.checkpoint`` or
+``model.arch.weights``), on rank 0."""
 
 from __future__ import annotations
 
@@ -9,20 +10,22 @@ from omegaconf import OmegaConf
 from rsnet.data import build_data
 from rsnet.distill import subset_teacher_logits
 from rsnet.metrics import baseline_scope_metrics
+from rsnet.models import has_trained_weights
 from rsnet.stages.context import Context, cached_json
 from rsnet.stages.evaluate import nway_metrics
 from rsnet.train import predict, split_metrics
 
 
 def run(ctx: Context) -> None:
-    if ctx.cfg.model.checkpoint and ctx.main:
+    if has_trained_weights(ctx.cfg.model) and ctx.main:
         ctx.metrics.update(cached_json(ctx.run_dir / "baseline_metrics.json", lambda: measure(ctx)))
 
 
 def measure(ctx: Context) -> dict:
     cfg, data, rt = ctx.cfg, ctx.data, ctx.rt.local()
     full = data if data.subset is None else build_data(
-        OmegaConf.merge(cfg.dataset, {"num_classes": None, "classes": None, "unseen_fraction": 0.0}))
+        OmegaConf.merge(cfg.dataset, {"num_classes": None, "classes": None, "unseen_fraction": 0.0}),
+        ctx.base_names())
     m = rt.prepare(ctx.model)
     logits = predict(m, full.test, full, rt, cfg.train.eval_batch_size, "baseline test")
     out = {f"baseline/test/{k}": v for k, v in split_metrics(logits, full.test, None).items()}

@@ -24,6 +24,7 @@ from rsnet import distributed
 from rsnet.data.calibration import calibration_batches
 from rsnet.errors import RsnetError
 from rsnet.metrics import count_params
+from rsnet.models import has_trained_weights
 from rsnet.models.widths import family_init
 from rsnet.plan import check_plan_cost
 from rsnet.compress import (current_widths, load_pruned,
@@ -94,7 +95,7 @@ class Carve:
 
 def run(ctx: Context) -> None:
     cfg = ctx.cfg
-    if cfg.model.checkpoint:  # kept unchanged: the teacher, and Psi beside Psi' in the export
+    if has_trained_weights(cfg.model):  # kept unchanged: the teacher, and Psi beside Psi' in the export
         ctx.baseline = copy.deepcopy(ctx.model)
         ctx.teacher = ctx.baseline if cfg.train.distill.enabled else None
     method(cfg).run(ctx)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from rsnet.data import DataBundle
 from rsnet.loggers import Logger
-from rsnet.models import build_model, subset_head
+from rsnet.models import (build_model, has_trained_weights, pretrained_weights, subset_head,
+                          untrained_config)
 from rsnet.plan import WidthPlan
 from rsnet.train import Runtime
 from rsnet.fileio import atomic_write_json
@@ -32,7 +33,7 @@ class Context:
     data: DataBundle | None = None
     model: nn.Module | None = None  # the baseline, then the N-way model being made
     plan: WidthPlan | None = None
-    baseline: nn.Module | None = None  # a copy of the trained C-way baseline (model.checkpoint)
+    baseline: nn.Module | None = None  # a copy of the trained C-way baseline (checkpoint, weights)
     teacher: nn.Module | None = None  # the baseline, when it is distilled into the model
     pruned: bool = False  # the model was carved from the baseline (prune, netadapt, morphnet)
     history: list[dict] = field(default_factory=list)
@@ -52,9 +53,15 @@ class Context:
         """An input batch of the model's shape (zeros), for tracing and pruning."""
         return torch.zeros(2, 3, self.input_size, self.input_size)
 
+    def base_names(self) -> list[str] | None:
+        """Names of the dataset's labels given by the model: the pretrained weights'
+        categories (``model.arch.weights``); None: the dataset's own."""
+        weights = pretrained_weights(self.cfg.model)
+        return None if weights is None else list(weights.meta["categories"])
+
     def untrained(self, num_classes: int) -> nn.Module:
         """The model config's architecture, freshly initialised, ``num_classes`` outputs."""
-        return build_model(OmegaConf.merge(self.cfg.model, {"checkpoint": None}), num_classes)
+        return build_model(untrained_config(self.cfg.model), num_classes)
 
     def nway_arch(self) -> nn.Module:
         """The unpruned N-way architecture as the stages make it (the C-way build, re-headed),
@@ -66,7 +73,7 @@ class Context:
         """The C-way model re-headed for the subset (in place): the trained baseline's rows
         (``model.head``), or a fresh head for an untrained one."""
         if self.data.subset is not None:
-            self._head(model, self.cfg.model.head if self.cfg.model.checkpoint else "reset")
+            self._head(model, self.cfg.model.head if has_trained_weights(self.cfg.model) else "reset")
         return model
 
     def _head(self, model: nn.Module, mode: str) -> nn.Module:

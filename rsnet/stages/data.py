@@ -8,7 +8,7 @@ from rsnet.fileio import atomic_write_json
 
 
 def run(ctx: Context) -> None:
-    data = ctx.data = build_data(ctx.cfg.dataset)
+    data = ctx.data = build_data(ctx.cfg.dataset, ctx.base_names())
     if ctx.main:
         atomic_write_json(ctx.run_dir / "classes.json", data.describe())
     ctx.metrics.update({"data/num_outputs": data.num_outputs,

@@ -78,6 +78,9 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     meta = {"class_names": data.class_names, "misc_label": data.misc_label, "input_size": size,
             "mean": list(data.mean), "std": list(data.std), "model": cfg.model.name,
             "dataset": cfg.dataset.name, "run": cfg.name}
+    if cfg.dataset.resize_size or cfg.dataset.interpolation:  # torchvision's resize and crop
+        meta.update({"resize_size": cfg.dataset.resize_size,
+                     "interpolation": cfg.dataset.interpolation})
     if threshold is not None:
         meta.update({"misc_score": cfg.openset.score, "misc_threshold": threshold})
     fp32 = export_onnx(net, out_dir / "model.onnx", size, ex.opset, ex.dynamic_batch, meta,

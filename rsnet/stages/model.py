@@ -1,4 +1,5 @@
-"""Stage model: the C-way baseline (weights from ``model.checkpoint`` when given)."""
+"""Stage model: the C-way baseline (weights from ``model.checkpoint`` or
+``model.arch.weights`` when given)."""
 
 from __future__ import annotations
 
