@@ -15,10 +15,13 @@ from rsnet.fileio import atomic_write_json, atomic_write_text
 
 def history_metrics(history: list[dict], select_on: str) -> dict:
     """Training summary: epochs, training images seen, mean throughput, time, and the selected
-    epoch's validation row (``select_on``: the best value, the lowest for a loss)."""
+    epoch's validation row (``select_on``: the best value, the lowest for a loss, among the
+    selectable epochs: not those before a pruning schedule reached its final sparsity)."""
     if not history:
         return {"train/epochs": 0, "train/images_seen": 0}
-    best = max(history, key=lambda r: selection_score(r, select_on))
+    # none selectable: fit kept the last epoch's weights
+    selectable = [r for r in history if r.get("train/selectable", 1)] or history[-1:]
+    best = max(selectable, key=lambda r: selection_score(r, select_on))
     return {
         "train/epochs": len(history),
         # what a comparison at equal compute counts (images_per_s is seen / epoch_s)
@@ -53,6 +56,9 @@ def _ms(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+# the gzip-compressed size (level 9) of a file whose plain size is the key: the zeros of an
+# unstructured-sparse model compress, so this is its stored size
+GZIP_OF = {"export/onnx_bytes": "export/onnx_gzip_bytes", "int8/bytes": "int8/gzip_bytes"}
 RUNTIME_LABELS = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "executorch": "ExecuTorch"}
 
 
@@ -91,12 +97,15 @@ def deployment_lines(metrics: dict) -> list[str]:
              f"test images: max |logit difference| {metrics['export/max_abs_diff']:.2e}, top-1 "
              f"agreement {metrics['export/top1_agreement']:.4f}. Latency: median ms per batch. "
              "PyTorch's test acc is the evaluate stage's (in train.precision).", "",
-             "| model | file bytes | test acc | " + " | ".join(f"batch {b} (ms)" for b in batches) + " |",
-             "|---|---:|---:|" + "---:|" * len(batches)]
+             "| model | file bytes | gzip -9 bytes | test acc | "
+             + " | ".join(f"batch {b} (ms)" for b in batches) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(batches)]
     for label, key, size, acc in rows:
         lat = " | ".join(_ms(metrics.get(f"latency/{key}_b{b}_ms")) for b in batches)
         lines.append(f"| {label} | {_fmt(metrics.get(size)) if size else '-'} | "
+                     f"{_fmt(metrics.get(GZIP_OF.get(size))) if size else '-'} | "
                      f"{_fmt(metrics.get(acc)) if acc else '-'} | {lat} |")
+    lines += _gzip_lines(metrics)
     if int8:
         lines += ["", f"int8: {metrics['int8/size_ratio']:.3f}x the fp32 file, top-1 agreement with "
                   f"fp32 {metrics['int8/top1_agreement']:.4f} on the test set (ONNX Runtime)."]
@@ -110,6 +119,14 @@ def deployment_lines(metrics: dict) -> list[str]:
                 lines.append(f"- {RUNTIME_LABELS.get(rt, rt)}: the int8 file does not run: "
                              f"{metrics[f'{rt}_int8/unsupported']}")
     return lines
+
+
+def _gzip_lines(metrics: dict) -> list[str]:
+    """What gzip -9 makes of the ONNX files: the zeros of a sparse model compress."""
+    ratios = [f"{what} file to {metrics[gz] / metrics[size]:.3f} of its bytes"
+              for what, size in (("the fp32", "export/onnx_bytes"), ("the int8", "int8/bytes"))
+              if (gz := GZIP_OF[size]) in metrics and metrics.get(size)]
+    return ["", "gzip -9 compresses " + " and ".join(ratios) + "."] if ratios else []
 
 
 OPENSET_ROWS = [("local acc, argmax", "test/acc_local"), ("local acc, calibrated misc", "test/cal/acc_local"),

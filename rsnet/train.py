@@ -255,6 +255,9 @@ class StepHook(Protocol):
     """Called after every optimizer step (e.g. gradual magnitude pruning keeping its masks)."""
 
     def step(self, global_step: int) -> bool: ...
+    # False while the hook is still changing what the model is (e.g. a sparsity schedule not
+    # yet at its final sparsity): an epoch that ends unsettled is never the selected epoch
+    def settled(self) -> bool: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -269,7 +272,8 @@ def fit(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
     """Train ``model`` for ``epochs`` on ``loader`` (data.train's batches, see
     :func:`make_loader`) with the built ``optimizer`` (over the model's parameters),
     ``scheduler`` (stepped every batch) and ``loss``; select the best epoch on data.val by
-    ``select_on``; returns the history. An auxiliary head's loss weighs ``aux_weight``.
+    ``select_on`` among the epochs that end with every hook settled; returns the history. An
+    auxiliary head's loss weighs ``aux_weight``.
 
     The model must already be on ``rt.device`` (see ``Runtime.prepare``). ``distill``
     replaces the main head's loss by Hinton's loss against a teacher; ``hooks`` run after
@@ -434,7 +438,11 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
                  run.epochs, row["train/loss"], row["train/acc"], row["val/acc"],
                  row["train/images_per_s"])
         score = selection_score(row, run.select_on)  # higher = better, a loss negated
-        if score > best["score"]:  # the same decision on every rank: same logits
+        # e.g. a less sparse model half-way along a pruning schedule is not a candidate
+        settled = all(hook.settled() for hook in hooks)
+        if not settled:  # marked for report.history_metrics (other rows stay as they were)
+            row["train/selectable"] = 0
+        if settled and score > best["score"]:  # the same decision on every rank: same logits
             best = {"epoch": epoch + 1, "score": score}
             if main:
                 atomic_torch_save(model.state_dict(), best_path)
@@ -445,4 +453,7 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
     best_state = _load_on_main(best_path, "best checkpoint", rt)
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif history:
+        log.warning("no epoch ended with every step hook settled (e.g. a sparsity schedule "
+                    "at its final sparsity): the last epoch's weights are kept")
     return history

@@ -5,12 +5,14 @@
     python scripts/tables.py thesis <run dir or sweep dir> ... [--out DIR]
     python scripts/tables.py stats  <run dir or sweep dir> ... [--out DIR]
     python scripts/tables.py curve  <run dir> ... [--out DIR]     # learning curves
+    python scripts/tables.py gmp    <run dir or sweep dir> ... [--csv FILE]
 
 thesis: (1) per model and N, Psi (the C-way baseline on the subset, from runs given a
 model.checkpoint), Psi' by rs from scratch and carved + fine-tuned, uniform scaling at the same
 budget (and any other run): cost, local / global / raw accuracy, misc share, the constant-misc
 predictor's global accuracy, time to synthesize (plan + training); (2) compression (runs with
-export or magnitude pruning): sparsity, ONNX fp32 / int8 size, accuracy and batch-1 latency.
+export or magnitude pruning): sparsity, ONNX fp32 / int8 size (plain and gzip -9), accuracy and
+batch-1 latency.
 --out DIR writes thesis.md, thesis.tex, thesis_{synthesis,compression}.csv and the plots
 acc_vs_params.png, acc_vs_macs.png (local accuracy, one panel per N, one series per network).
 
@@ -22,6 +24,14 @@ only where it excludes 0: rs vs uniform, carved vs from scratch, and Psi' (carve
 exists) vs Psi fine-tuned and vs Psi mapped. Runs of one row and seed count once; if their values
 differ, that seed is left out and the exit status is 1. --out DIR writes stats.md,
 stats_rows.csv (one line per row and metric) and stats_pairs.csv.
+
+gmp: gradual magnitude pruning (scripts/evidence/gmp.sh). One row per model, target sparsity,
+schedule (polynomial, constant, or dense: the unpruned reference) and augmentation (on / off):
+fp32 and int8 test accuracy as "mean ± sd (n seeds)", the measured sparsity of the conv + linear
+weights, the fp32 ONNX and int8 files' bytes, plain and gzip -9 (the zeros compress), the gzip
+sizes as fractions of the fp32 file, and the number of unfinished runs. stats pairs the
+schedules ("polynomial vs constant") and every pruned row with its dense reference
+("magnitude-pruned vs dense") seed by seed on test/acc and int8/test/acc.
 
 A sweep directory is searched for run directories (folders holding config.yaml); a run
 without metrics.json (killed, failed or still running) shows as "missing", never as zeros;
@@ -38,6 +48,7 @@ import math
 import re
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -131,9 +142,10 @@ THESIS = {
         ("synthesis time (s)", "synthesis/time_s")]),
     "compression": ("Compression: sparsity and int8", [
         ("sparsity", "sparsity/overall"), ("params", "model/params"), ("fp32 acc", "test/acc"),
-        ("ONNX fp32 bytes", "export/onnx_bytes"), ("int8 bytes", "int8/bytes"),
-        ("int8 acc", "int8/test/acc"), ("torch fp32 b1 ms", "latency/torch_fp32_b1_ms"),
-        ("ORT fp32 b1 ms", "latency/ort_fp32_b1_ms"), ("ORT int8 b1 ms", "latency/ort_int8_b1_ms")]),
+        ("ONNX fp32 bytes", "export/onnx_bytes"), ("fp32 gzip bytes", "export/onnx_gzip_bytes"),
+        ("int8 bytes", "int8/bytes"), ("int8 gzip bytes", "int8/gzip_bytes"), ("int8 acc", "int8/test/acc"),
+        ("torch fp32 b1 ms", "latency/torch_fp32_b1_ms"), ("ORT fp32 b1 ms", "latency/ort_fp32_b1_ms"),
+        ("ORT int8 b1 ms", "latency/ort_int8_b1_ms")]),
 }
 THESIS_KEYS = ["model", "dataset", "N", "network", "lambda"]
 MAPPED = "baseline/mapped/"  # Psi evaluated as an N-way model, in the run's own metrics
@@ -155,8 +167,9 @@ def network(cfg: dict) -> tuple[float, str]:
         if multiple:  # a deployment target's widths (target=x86_avx512): another plan
             name += f", widths x{multiple}"
     if comp == "magnitude":  # after the same network without it
-        rank += 0.5
+        rank += 0.5 + 0.1 * (schedule(cfg) == "constant")
         name += f", magnitude-pruned {conf(cfg, 'compression.sparsity.final_sparsity')}"
+        name += CONSTANT if schedule(cfg) == "constant" else ""
     if conf(cfg, "train.distill.enabled"):  # a different recipe: its own row
         rank += 0.25
         name += ", distilled"
@@ -165,7 +178,30 @@ def network(cfg: dict) -> tuple[float, str]:
         name += f", misc x{multiplier:g}"
     if conf(cfg, "dataset.misc_test") == "all":  # the thesis's test set: every out-of-scope image
         name += ", all-misc test"
+    if augmentation(cfg) != "on":  # another training recipe: a row of its own
+        rank += 0.05
+        name += f", augmentation {augmentation(cfg)}"
     return rank, name
+
+
+CONSTANT = ", constant sparsity"
+
+
+def schedule(cfg: dict) -> str | None:
+    """A magnitude-pruned run's sparsity schedule: "constant" where it begins and ends at the
+    same epoch (pruned to the final sparsity at that step, masks kept), else "polynomial"."""
+    if conf(cfg, "compression.name") != "magnitude":
+        return None
+    begin, end = conf(cfg, "compression.sparsity.begin_epoch"), conf(cfg, "compression.sparsity.end_epoch")
+    return "constant" if begin is not None and begin == end else "polynomial"
+
+
+def augmentation(cfg: dict) -> str:
+    """The training augmentation: "on" (the dataset's crop and flip), "off", "crop only" or
+    "flip only"; a config without the keys (older runs) had it on."""
+    crop = conf(cfg, "dataset.augment.crop_padding") != 0
+    flip = conf(cfg, "dataset.augment.flip") is not False
+    return "on" if crop and flip else "crop only" if crop else "flip only" if flip else "off"
 
 
 def thesis_entries(dirs: list[Path]) -> list[dict]:
@@ -348,8 +384,12 @@ def curve(paths: list[Path], out: Path | None) -> None:
 # stats: the write-up draws conclusions only from several seeds (mean ± sd per row, paired CIs).
 STATS_METRICS = ["test/acc_local", "test/acc_global", "test/acc_raw", "test/cal/acc_local",
                  "test/cal/acc_global", "openset/seen/auroc_misc", "openset/unseen/auroc_misc",
-                 "openset/unseen/fpr95_misc", "model/params", "model/macs", "train/images_seen"]
+                 "openset/unseen/fpr95_misc", "model/params", "model/macs", "train/images_seen",
+                 "test/acc", "int8/test/acc", "sparsity/overall"]
 PAIR_METRICS = ["test/acc_local", "test/cal/acc_local", "openset/unseen/auroc_misc"]
+# magnitude pruning keeps the classes (e.g. all 10 of CIFAR-10, no misc): plain and int8 accuracy
+SPARSE_PAIRS = ("polynomial vs constant", "magnitude-pruned vs dense")
+SPARSE_PAIR_METRICS = PAIR_METRICS + ["test/acc", "int8/test/acc"]
 RS, UNIFORM = "Psi' (rs), from scratch", "uniform, from scratch"
 PSI_FT = "full width, fine-tuned"
 CI_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-seed differences A - B (Student t; "
@@ -383,14 +423,15 @@ def stats_entries(dirs: list[Path]) -> list[dict]:
     return sorted(runs + psi, key=entry_order)
 
 
-def differing(a: dict, b: dict) -> list[str]:
+def differing(a: dict, b: dict, metrics: list[str]) -> list[str]:
     """The metrics on which two runs' values differ (floats beyond rounding noise)."""
     def eq(x, y) -> bool:
         return x == y or (number(x) and number(y) and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12))
-    return [k for k in STATS_METRICS if not eq(a.get(k), b.get(k))]
+    return [k for k in metrics if not eq(a.get(k), b.get(k))]
 
 
-def by_seed(entries: list[dict]) -> tuple[dict[Row, dict], list[str]]:
+def by_seed(entries: list[dict], keys: list[str] = THESIS_KEYS,
+            metrics: list[str] = STATS_METRICS) -> tuple[dict[Row, dict], list[str]]:
     """{row: {seed: metrics}} in table order, and the errors where runs of a row and seed disagree.
 
     Runs of one row and seed are one sample: the same run found twice, or Psi evaluated again by
@@ -400,11 +441,11 @@ def by_seed(entries: list[dict]) -> tuple[dict[Row, dict], list[str]]:
     first: dict[tuple, str] = {}
     errors = []
     for e in entries:
-        row, seed = tuple(e[k] for k in THESIS_KEYS), e["seed"]
-        seeds, values = groups.setdefault(row, {}), {k: e["m"].get(k) for k in STATS_METRICS}
+        row, seed = tuple(e[k] for k in keys), e["seed"]
+        seeds, values = groups.setdefault(row, {}), {k: e["m"].get(k) for k in metrics}
         if seed not in seeds:
             seeds[seed], first[row, seed] = values, e["run"]
-        elif seeds[seed] is not None and (diff := differing(seeds[seed], values)):
+        elif seeds[seed] is not None and (diff := differing(seeds[seed], values, metrics)):
             errors.append(f"error: {' / '.join(map(str, row))}, seed {seed}: {first[row, seed]} and "
                           f"{e['run']} differ in {', '.join(diff)}; seed {seed} left out of this row")
             seeds[seed] = None
@@ -416,6 +457,11 @@ def mean_sd(xs: list[float]) -> tuple[int, float | None, float | None]:
     """n, mean and sample standard deviation (n-1; None for n < 2)."""
     n = len(xs)
     return n, statistics.fmean(xs) if n else None, statistics.stdev(xs) if n > 1 else None
+
+
+def mean_sd_text(n: int, mean: float | None, sd: float | None) -> str:
+    """A "mean ± sd (n)" cell ("-" without values; sd "-" for one value)."""
+    return f"{fmt(mean)} ± {'-' if sd is None else fmt(sd)} ({n})" if n else "-"
 
 
 def row_keys(row: Row) -> list[str]:
@@ -435,10 +481,9 @@ def stats_rows(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]], lis
         cells = []
         for k in present:
             n, mean, sd = mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
-            sd_text = "-" if sd is None else fmt(sd)
-            cells.append(f"{fmt(mean)} ± {sd_text} ({n})" if n else "-")
+            cells.append(mean_sd_text(n, mean, sd))
             if n:
-                long.append(keys + [seed_list, k, str(n), fmt(mean), sd_text])
+                long.append(keys + [seed_list, k, str(n), fmt(mean), "-" if sd is None else fmt(sd)])
         table.append(keys + [seed_list] + cells)
     return header, table, long_header, long
 
@@ -469,8 +514,21 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         for best in carved or [scratch]:
             pairs += [("Psi' vs Psi fine-tuned", best, row(PSI_FT, None)),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
+        pairs += magnitude_pairs([r[3] for r in rows if r[:3] == (model, dataset, n) and r[4] == lam], row)
         out += [p for p in pairs if p[1] and p[2]]
     return out
+
+
+def magnitude_pairs(networks: list[str], row) -> list[tuple[str, Row | None, Row | None]]:
+    """Magnitude pruning's comparisons among one model's ``networks`` (``row`` finds a row by
+    its network): the polynomial schedule against constant sparsity, and every pruned network
+    against the same network unpruned (the dense reference), each with the same training."""
+    pruned = [nw for nw in networks if ", magnitude-pruned " in nw]
+    pairs = [("polynomial vs constant", row(nw.replace(CONSTANT, "")), row(nw))
+             for nw in pruned if CONSTANT in nw]
+    return pairs + [("magnitude-pruned vs dense", row(nw),
+                     row(re.sub(r", magnitude-pruned [^,]+(, constant sparsity)?", "", nw)))
+                    for nw in pruned]
 
 
 def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | None, str]:
@@ -492,7 +550,7 @@ def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     table = []
     for name, a, b in comparisons(list(groups)):
         sa, sb = groups[a], groups[b]
-        for k in PAIR_METRICS:
+        for k in SPARSE_PAIR_METRICS if name in SPARSE_PAIRS else PAIR_METRICS:
             xa = {s: m[k] for s, m in sa.items() if number(m.get(k))}
             xb = {s: m[k] for s, m in sb.items() if number(m.get(k))}
             if not xa or not xb:  # a metric one row never has (e.g. runs from before it existed)
@@ -524,16 +582,77 @@ def stats(paths: list[Path], out: Path | None) -> int:
     return 1 if errors else 0
 
 
+# gmp: gradual magnitude pruning of the pretrained CIFAR ResNets (scripts/evidence/gmp.sh)
+GMP_KEYS = ["model", "target sparsity", "schedule", "augmentation"]
+GMP_ACC = [("fp32 test acc", "test/acc"), ("int8 test acc", "int8/test/acc")]
+GMP_MEANS = [("sparsity", "sparsity/overall"), ("ONNX fp32 bytes", "export/onnx_bytes"),
+             ("fp32 gzip bytes", "export/onnx_gzip_bytes"), ("int8 bytes", "int8/bytes"),
+             ("int8 gzip bytes", "int8/gzip_bytes")]
+GMP_RATIOS = [("fp32 gzip / fp32", "export/onnx_gzip_bytes"), ("int8 gzip / fp32", "int8/gzip_bytes")]
+SCHEDULE_ORDER = {"dense": 0, "polynomial": 1, "constant": 2}
+
+
+def gmp_entry(d: Path) -> dict:
+    """A run's row (model, target sparsity, schedule, augmentation), seed and metrics; the
+    unpruned reference is target sparsity 0, schedule "dense"."""
+    label, m, cfg = load(d)
+    comp = conf(cfg, "compression.name") or "none"
+    return {"model": conf(cfg, "model.name"), "augmentation": augmentation(cfg),
+            "target sparsity": conf(cfg, "compression.sparsity.final_sparsity") if comp == "magnitude" else 0,
+            "schedule": schedule(cfg) or ("dense" if comp == "none" else comp),  # another method: its name
+            "seed": conf(cfg, "seed"), "m": m, "run": label}
+
+
+def gmp_table(dirs: list[Path]) -> tuple[list[str], list[list[str]], list[str]]:
+    """One row per model, target sparsity, schedule and augmentation: accuracies as "mean ± sd
+    (n seeds)", sparsity and file sizes as means over the seeds, the gzip sizes as fractions of
+    the plain fp32 file (the same size with or without zeros), and the unfinished runs."""
+    entries = sorted((gmp_entry(d) for d in dirs), key=lambda e: (
+        str(e["model"]), e["target sparsity"] or 0, SCHEDULE_ORDER.get(e["schedule"], 3),
+        e["augmentation"] != "on", e["augmentation"], e["run"]))
+    groups, errors = by_seed([e for e in entries if e["m"]], GMP_KEYS,
+                             [k for _, k in GMP_ACC + GMP_MEANS])
+    unfinished = Counter(tuple(e[k] for k in GMP_KEYS) for e in entries if not e["m"])
+    header = GMP_KEYS + ["seeds", "unfinished"] + [c for c, _ in GMP_ACC + GMP_MEANS + GMP_RATIOS]
+    table = []
+    for row in dict.fromkeys([tuple(e[k] for k in GMP_KEYS) for e in entries]):  # sorted above
+        seeds = groups.get(row, {})
+        def stat(k: str) -> tuple[int, float | None, float | None]:
+            return mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+        means = {k: stat(k)[1] for _, k in GMP_MEANS}
+        fp32 = means["export/onnx_bytes"]
+        table.append(row_keys(row) + [", ".join(map(str, seeds)) or "-", str(unfinished[row])]
+                     + [mean_sd_text(*stat(k)) for _, k in GMP_ACC]
+                     + ["-" if v is None else fmt(v if k == "sparsity/overall" else round(v))
+                        for k, v in means.items()]
+                     + [f"{means[k] / fp32:.3f}" if means[k] is not None and fp32 else "-"
+                        for _, k in GMP_RATIOS])
+    return header, table, errors
+
+
+def gmp(paths: list[Path], csv_path: Path | None) -> int:
+    """Print (and with csv_path, write) the GMP table; 1 where runs of one row and seed disagree."""
+    header, table, errors = gmp_table(run_dirs(paths))
+    for line in errors:
+        print(line, file=sys.stderr)
+    print(markdown(header, table), end="")
+    if csv_path:
+        write_csv(csv_path, header, table)
+    return 1 if errors else 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "stats", "thesis"])
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "gmp", "stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs)")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp)")
     p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
                    "stats: stats.md, stats_rows.csv, stats_pairs.csv")
     args = p.parse_args()
     if args.kind == "stats":
         sys.exit(stats(args.paths, args.out))
+    if args.kind == "gmp":
+        sys.exit(gmp(args.paths, args.csv))
     if args.kind == "curve":
         return curve(args.paths, args.out)
     if args.kind == "thesis":

@@ -28,7 +28,7 @@ from rsnet.zoo import CLASSES, RATIO, CarveResult, carve_check, torchvision_case
 REPO = Path(__file__).resolve().parents[1]
 
 # (model config, classes, input sizes): the settings the project uses them at
-BUILDS = [("resnet20", 10, [32]), ("resnet56", 10, [32]), ("vgg16", 10, [32]),
+BUILDS = [("resnet20", 10, [32]), ("resnet44", 10, [32]), ("resnet56", 10, [32]), ("vgg16", 10, [32]),
           ("googlenet_rs", 200, [64, 32]), ("googlenet_rs", 1000, [227]),
           ("mobilenet_v1", 200, [64, 32]), ("mobilenet_v1", 1000, [224]),
           ("wrn", 10, [32]), ("densenet40", 10, [32]), ("mobilenet_v2", 10, [32]),

@@ -312,3 +312,49 @@ def test_zero_epochs_evaluates_the_model_as_it_is(tmp_path):
     m = json.loads((d / "metrics.json").read_text())
     assert m["train/epochs"] == 0 and "train/images_per_s" not in m
     assert not (d / "checkpoints" / "last.pt").exists() and (d / "checkpoints" / "model.pt").exists()
+
+
+# experiment=cifar_gmp at a tiny scale: synthetic 16 px images (10 classes), a ResNet-8 at the
+# CIFAR widths (16 / 32 / 64: its weights, not the graph, fill the ONNX file), 3 epochs of
+# 16 steps with the sparsity ramp ending at the first step of epoch 3 (step 32)
+GMP_TINY = ("experiment=cifar_gmp", "progress=false", "dataset=synthetic", "dataset.source.size=16",
+            "model=resnet_cifar", "model.arch.depth=8", "model.input_size=16", "train.batch_size=32",
+            "train.epochs=3", "train.precision=fp32", "train.latency_runs=3",
+            "compression.sparsity.final_sparsity=0.7", "compression.sparsity.frequency=4", *EXPORT)
+
+
+def test_gmp_experiment_end_to_end_sparse_files_compress_better_than_dense(tmp_path):
+    runs = {"polynomial": ("compression.sparsity.end_epoch=2",),
+            "constant": ("compression.sparsity.end_epoch=0",), "dense": ("compression=none",)}
+    m = {}
+    for name, extra in runs.items():
+        res = run(tmp_path, *GMP_TINY, *extra, run_dir=tmp_path / name)
+        assert res.returncode == 0, res.stderr[-2000:]
+        m[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    for name, metrics in m.items():
+        d = tmp_path / name / "export"
+        assert metrics["export/onnx_bytes"] == (d / "model.onnx").stat().st_size
+        assert metrics["int8/bytes"] == (d / "model_int8.onnx").stat().st_size
+        assert 0 < metrics["export/onnx_gzip_bytes"] < metrics["export/onnx_bytes"]
+        assert 0 < metrics["int8/gzip_bytes"] < metrics["int8/bytes"]
+    ratio = {n: x["export/onnx_gzip_bytes"] / x["export/onnx_bytes"] for n, x in m.items()}
+    assert ratio["dense"] > 0.8  # trained floats barely compress
+    assert ratio["polynomial"] < 0.6 * ratio["dense"] and ratio["constant"] < 0.6 * ratio["dense"]
+    assert m["polynomial"]["export/onnx_bytes"] == pytest.approx(m["dense"]["export/onnx_bytes"], rel=0.01)
+    int8 = {n: x["int8/gzip_bytes"] / x["int8/bytes"] for n, x in m.items()}
+    assert int8["polynomial"] < 0.8 * int8["dense"]
+    # both schedules end at 70 %; the polynomial run's epochs 1-2 (less sparse) are not selectable
+    assert m["polynomial"]["sparsity/overall"] == pytest.approx(0.7, abs=0.01)
+    assert m["constant"]["sparsity/overall"] == pytest.approx(0.7, abs=0.01)
+    assert "sparsity/overall" not in m["dense"]
+    assert m["polynomial"]["val/best_epoch"] == 3
+    history = json.loads((tmp_path / "polynomial" / "history.json").read_text())
+    assert [r.get("train/selectable", 1) for r in history] == [0, 0, 1]
+    summary = (tmp_path / "polynomial" / "summary.md").read_text()
+    assert "| gzip -9 bytes |" in summary and "gzip -9 compresses the fp32 file to" in summary
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "gmp", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [r.split(" | ") for r in out.splitlines() if r.startswith("| resnet_cifar")]
+    assert [r[1:4] for r in rows] == [["0", "dense", "on"], ["0.7000", "polynomial", "on"],
+                                      ["0.7000", "constant", "on"]]
+    assert rows[1][10] == f"{m['polynomial']['export/onnx_gzip_bytes']:,}"

@@ -101,14 +101,14 @@ def models_dir() -> Path:
     return path
 
 
-@pytest.mark.parametrize("depth,params", [(20, 269_722), (56, 853_018)])
+@pytest.mark.parametrize("depth,params", [(20, 269_722), (44, 658_586), (56, 853_018)])
 def test_resnet_params_shape_trace(depth: int, params: int) -> None:
     model = resnet_cifar(depth)
     assert n_params(model) == params
     assert assert_trace_matches(model, 32).shape == (1, 10)
 
 
-@pytest.mark.parametrize("depth,stem", [(20, "resnet20-"), (56, "resnet56-")])
+@pytest.mark.parametrize("depth,stem", [(20, "resnet20-"), (44, "resnet44-"), (56, "resnet56-")])
 def test_resnet_loads_akamaster_checkpoint(depth: int, stem: str) -> None:
     files = sorted(models_dir().glob(f"{stem}*.th"))
     assert files, f"no {stem}*.th in {models_dir()}"

@@ -128,9 +128,12 @@ def test_the_report_compares_int8_with_the_same_runtime():
          "latency/ort_int8_b1_ms": 4.0, "latency/openvino_fp32_b1_ms": 1.0,
          "latency/openvino_int8_b1_ms": 0.5, "openvino/test/acc": 0.8,
          "openvino_int8/test/acc": 0.79}
-    text = "\n".join(deployment_lines(m))
-    assert "| OpenVINO fp32 (runs f32) | 400 | 0.8000 | 1.00 |" in text
-    assert "| OpenVINO int8 (minmax) | 100 | 0.7900 | 0.50 |" in text
+    old = "\n".join(deployment_lines(m))  # a run from before the gzip sizes: "-", no ratios
+    assert "| OpenVINO fp32 (runs f32) | 400 | - | 0.8000 | 1.00 |" in old and "compresses" not in old
+    text = "\n".join(deployment_lines({**m, "export/onnx_gzip_bytes": 120, "int8/gzip_bytes": 80}))
+    assert "| OpenVINO fp32 (runs f32) | 400 | 120 | 0.8000 | 1.00 |" in text
+    assert "| OpenVINO int8 (minmax) | 100 | 80 | 0.7900 | 0.50 |" in text
+    assert "gzip -9 compresses the fp32 file to 0.300 of its bytes and the int8 file to 0.800" in text
     assert "ONNX Runtime: int8 speed-up over its own fp32: 0.50x at batch 1" in text
     assert "OpenVINO: int8 speed-up over its own fp32: 2.00x at batch 1" in text
     assert "PyTorch eager fp32 at batch" not in text  # no cross-runtime speed-up

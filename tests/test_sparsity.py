@@ -1,11 +1,14 @@
 import io
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import compose_cfg
 from rsnet.errors import RsnetError
 from rsnet.compress.sparsity import MagnitudePruner, polynomial_sparsity, prunable_layers, sparsity_report
+from rsnet.stages.train import magnitude_pruner
 
 
 def small_cnn(seed: int = 0, classes: int = 5) -> nn.Module:
@@ -90,6 +93,77 @@ def test_late_call_catches_up_and_repeats_do_nothing():
     assert pruner.sparsity == pytest.approx(polynomial_sparsity(20, 0.2, 0.8, 10, 35))
     assert not pruner.step(27) and not pruner.step(29)
     assert pruner.step(100) and pruner.last_update_step == 35
+
+
+@pytest.mark.parametrize("final", [0.6, 0.7])
+def test_constant_sparsity_prunes_at_step_0_and_keeps_it(final):
+    """begin = end = 0 (compression.sparsity.end_epoch=0 in experiment=cifar_gmp): every layer
+    at round(n * final) zeros right after the first optimizer step, settled from then on, and
+    the same masks (no further update, not one weight revived) through steps that cross the
+    update frequency, with momentum and weight decay."""
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    pruner = MagnitudePruner(model, 0.0, final, begin_step=0, end_step=0, frequency=50)
+    assert not pruner.settled()
+    train_steps(model, opt, pruner, range(1))
+    assert pruner.settled() and pruner.last_update_step == 0
+    zeros = {n: int((layer.weight == 0).sum()) for n, layer in pruner.layers.items()}
+    assert zeros == {n: round(layer.weight.numel() * final) for n, layer in pruner.layers.items()}
+    masks = {n: m.clone() for n, m in pruner.masks.items()}
+    g = torch.Generator().manual_seed(1)
+    for t in range(1, 121):  # past steps 50 and 100, where a polynomial schedule would update
+        x, y = torch.randn(8, 3, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert not pruner.step(t)  # no mask update after step 0
+    assert pruner.settled() and pruner.last_update_step == 0
+    assert all(torch.equal(pruner.masks[n], masks[n]) for n in masks)
+    assert {n: int((layer.weight == 0).sum()) for n, layer in pruner.layers.items()} == zeros
+
+
+def test_a_polynomial_schedule_settles_only_at_its_end_step():
+    pruner = MagnitudePruner(small_cnn(), 0.0, 0.6, begin_step=0, end_step=35, frequency=10)
+    settled = []
+    for t in range(40):
+        pruner.step(t)
+        settled.append(pruner.settled())
+    assert settled == [False] * 35 + [True] * 5
+
+
+def gmp_ctx(*overrides):
+    """What the train stage's magnitude_pruner reads, for experiment=cifar_gmp on CIFAR-10
+    (45,000 training images after the validation split: 351 steps of 128 per epoch)."""
+    cfg = compose_cfg("experiment=cifar_gmp", *overrides)
+    return SimpleNamespace(cfg=cfg, data=SimpleNamespace(train=range(45_000)))
+
+
+def test_the_gmp_experiment_is_the_issue_s_setting():
+    """Pretrained ResNet-20 (model=resnet44: ResNet-44), CIFAR-10 (JPEG) with all 10 classes,
+    magnitude pruning, fine-tuning, int8; no augmentation and the dense reference one override
+    away."""
+    cfg = gmp_ctx().cfg
+    assert (cfg.model.name, cfg.model.checkpoint) == ("resnet20", "resnet20-12fca82f.th")
+    assert gmp_ctx("model=resnet44").cfg.model.checkpoint == "resnet44-014dd654.th"
+    assert cfg.dataset.name == "cifar10_jpeg" and cfg.dataset.num_classes is None
+    assert cfg.compression.name == "magnitude" and cfg.compression.sparsity.enabled
+    assert cfg.compression.sparsity.end_epoch < cfg.train.epochs and cfg.export.int8
+    assert (cfg.dataset.augment.crop_padding, cfg.dataset.augment.flip) == (4, True)
+    dense = gmp_ctx("compression=none").cfg
+    assert not dense.compression.sparsity.enabled and dense.train == cfg.train
+
+
+def test_the_gmp_experiment_s_schedules_in_steps():
+    poly = magnitude_pruner(gmp_ctx(), small_cnn())
+    assert (poly.begin_step, poly.end_step, poly.frequency) == (0, 5 * 351, 50)
+    assert poly.final_sparsity == 0.6 and poly.power == 3
+    const = magnitude_pruner(gmp_ctx("compression.sparsity.end_epoch=0",
+                                     "compression.sparsity.final_sparsity=0.7"), small_cnn())
+    assert (const.begin_step, const.end_step, const.final_sparsity) == (0, 0, 0.7)
+    # a schedule that would reach its final sparsity only after training: refused up front
+    with pytest.raises(RsnetError, match="compression.sparsity.end_epoch=8"):
+        magnitude_pruner(gmp_ctx("compression.sparsity.end_epoch=8"), small_cnn())
+    assert magnitude_pruner(gmp_ctx("compression.sparsity.end_epoch=7.99"), small_cnn()).end_step == 2804
 
 
 @pytest.mark.parametrize("final", [0.6, 0.7, 0.95])
@@ -285,3 +359,31 @@ def test_pruned_weights_stay_pruned_even_if_revived_or_asked_for_less(scope):
     for n, layer in pruner.layers.items():
         assert torch.equal(pruner.masks[n], old[n]), n
         assert (layer.weight[~old[n]] == 0).all()
+
+
+def test_a_sparse_model_s_onnx_files_compress_far_better_than_a_dense_one_s(tmp_path):
+    """export/onnx_gzip_bytes and int8/gzip_bytes measure what the zeros save: the same model
+    with 70 % of its conv / linear weights zeroed has files of the same plain size, but gzip
+    keeps little more than its non-zero 30 % (random floats barely compress)."""
+    from rsnet.deploy import export_onnx, gzip_bytes, quantize_int8
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    calib = [torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(1)).numpy()]
+    sizes = {}
+    for kind in ("dense", "sparse"):
+        if kind == "sparse":
+            MagnitudePruner(model, 0.7, 0.7, begin_step=0, end_step=0).step(0)
+            assert sparsity_report(model)["sparsity/overall"] == pytest.approx(0.7, abs=1e-3)
+        fp32 = export_onnx(model, tmp_path / f"{kind}.onnx", 12)
+        int8 = quantize_int8(fp32, tmp_path / f"{kind}_int8.onnx", calib)
+        sizes[kind] = {f: (p.stat().st_size, gzip_bytes(p)) for f, p in (("fp32", fp32), ("int8", int8))}
+    weight_bytes = 4 * sum(m.weight.numel() for m in prunable_layers(model).values())  # 20,992 floats
+    dense, sparse = sizes["dense"], sizes["sparse"]
+    assert sparse["fp32"][0] == dense["fp32"][0] > weight_bytes  # the zeros are stored
+    assert 0.85 < dense["fp32"][1] / dense["fp32"][0] < 1.0  # random floats: little to gain
+    assert sparse["fp32"][1] < 0.55 * dense["fp32"][1]  # the zeros compress
+    assert sparse["fp32"][1] > 0.3 * 0.85 * weight_bytes  # ... the non-zero 30 % do not
+    assert sparse["int8"][0] == pytest.approx(dense["int8"][0], rel=0.01)
+    assert sparse["int8"][1] < 0.6 * dense["int8"][1]
+    assert gzip_bytes(tmp_path / "sparse.onnx") == sparse["fp32"][1]  # deterministic: no timestamp

@@ -75,8 +75,9 @@ def test_thesis_tables_show_psi_each_policy_and_missing_runs(tmp_path):
     assert rows[3].count("missing") == 13 and "0.0000" not in rows[3]  # every metric column
     compression = [r.removesuffix(" |").split(" | ") for r in out.split("## Compression")[1].splitlines()
                    if r.startswith("| googlenet_rs")]
-    assert len(compression) == 3 and compression[0][5] == "-" and compression[0][9] == "500,000"
-    assert compression[2].count("missing") == 9
+    assert len(compression) == 3 and compression[0][5] == "-" and compression[0][10] == "500,000"
+    assert compression[0][9] == "-"  # no gzip size in these runs' metrics: "-", never 0
+    assert compression[2].count("missing") == 11
     t = tmp_path / "t"
     assert (t / "thesis_synthesis.csv").read_text().count("\n") == 5
     # the (long) run folder names are in the CSV, not in the markdown / LaTeX tables
@@ -346,3 +347,105 @@ def test_bench_deploy_compares_int8_with_the_same_runtime_and_psi_prime_with_psi
     assert "| `psi` | OpenVINO | - | - | 2.00 | 1.00 | 2.00x |" in text
     assert "| `psi'` | 0.100 | 0.250 | 0.200 | 0.250 | 0.400 |" in text
     assert "amx_int8 no" in text
+
+
+def gmp_run(path, model="resnet20", sparsity=0.6, schedule="polynomial", augment=True, seed=0,
+            metrics=None):
+    """A fake experiment=cifar_gmp run: sparsity None is the dense reference (compression=none)."""
+    path.mkdir(parents=True)
+    compression = {"name": "none"} if sparsity is None else {"name": "magnitude", "sparsity": {
+        "final_sparsity": sparsity, "begin_epoch": 0.0,
+        "end_epoch": 0.0 if schedule == "constant" else 5.0}}
+    cfg = {"name": "cifar_gmp", "seed": seed, "model": {"name": model, "checkpoint": f"{model}.th"},
+           "dataset": {"name": "cifar10_jpeg", "num_classes": None,
+                       "augment": {"crop_padding": 4 if augment else 0, "flip": augment}},
+           "scaling": {"name": "none"}, "compression": compression, "export": {"name": "int8"},
+           "train": {"distill": {"enabled": False}}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(
+            {"model/name": model, "dataset/name": "cifar10_jpeg", "data/num_outputs": 10, **metrics}))
+
+
+def gmp_metrics(acc, int8, sparsity, gzip, int8_gzip):
+    return {"test/acc": acc, "int8/test/acc": int8, "sparsity/overall": sparsity,
+            "export/onnx_bytes": 1_000_000, "export/onnx_gzip_bytes": gzip,
+            "int8/bytes": 300_000, "int8/gzip_bytes": int8_gzip}
+
+
+def gmp_sweep(sweep):
+    """ResNet-20 at 60 %: dense, polynomial and constant (seeds 0-2, augmentation on), polynomial
+    and constant without augmentation (seed 0), one constant 70 % run killed. Per seed,
+    polynomial - constant: fp32 0.01, 0.03, 0.02 (the interval straddles 0), int8 0.11, 0.12,
+    0.115 (A > B); polynomial - dense fp32: -0.02, -0.01, -0.02 (A < B)."""
+    poly = [(0.81, 0.71), (0.83, 0.73), (0.82, 0.72)]
+    const = [(0.80, 0.60), (0.80, 0.61), (0.80, 0.605)]
+    dense = [0.83, 0.84, 0.84]
+    for seed in range(3):
+        gmp_run(sweep / f"dense{seed}", sparsity=None, seed=seed,
+                metrics=gmp_metrics(dense[seed], dense[seed] - 0.01, 0.0, 930_000, 280_000))
+        gmp_run(sweep / f"poly{seed}", seed=seed,
+                metrics=gmp_metrics(*poly[seed], 0.6, 400_000 + 3_000 * seed, 130_000))
+        gmp_run(sweep / f"const{seed}", schedule="constant", seed=seed,
+                metrics=gmp_metrics(*const[seed], 0.6, 401_000, 131_000))
+    gmp_run(sweep / "poly_noaug", augment=False, metrics=gmp_metrics(0.70, 0.69, 0.6, 400_000, 130_000))
+    gmp_run(sweep / "const_noaug", schedule="constant", augment=False,
+            metrics=gmp_metrics(0.65, 0.64, 0.6, 400_000, 130_000))
+    gmp_run(sweep / "const70_killed", sparsity=0.7, schedule="constant")  # no metrics.json
+
+
+def test_gmp_table_gives_accuracy_over_seeds_sparsity_and_stored_sizes(tmp_path):
+    gmp_sweep(tmp_path / "sweep")
+    out = tables("gmp", tmp_path / "sweep", "--csv", tmp_path / "gmp.csv")
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    assert lines[0] == ("| model | target sparsity | schedule | augmentation | seeds | unfinished | "
+                        "fp32 test acc | int8 test acc | sparsity | ONNX fp32 bytes | fp32 gzip bytes | "
+                        "int8 bytes | int8 gzip bytes | fp32 gzip / fp32 | int8 gzip / fp32 |")
+    rows = [r.removeprefix("| ").removesuffix(" |").split(" | ") for r in lines[1:]]
+    assert [r[:4] for r in rows] == [["resnet20", "0", "dense", "on"],
+                                     ["resnet20", "0.6000", "polynomial", "on"],
+                                     ["resnet20", "0.6000", "polynomial", "off"],
+                                     ["resnet20", "0.6000", "constant", "on"],
+                                     ["resnet20", "0.6000", "constant", "off"],
+                                     ["resnet20", "0.7000", "constant", "on"]]
+    dense, poly, poly_off, const, const_off, killed = rows
+    assert dense[4:8] == ["0, 1, 2", "0", "0.8367 ± 0.0058 (3)", "0.8267 ± 0.0058 (3)"]
+    assert dense[8:] == ["0.0000", "1,000,000", "930,000", "300,000", "280,000", "0.930", "0.280"]
+    assert poly[4:8] == ["0, 1, 2", "0", "0.8200 ± 0.0100 (3)", "0.7200 ± 0.0100 (3)"]
+    # sizes are means over the seeds (400,000, 403,000, 406,000); gzip as fractions of the fp32 file
+    assert poly[8:] == ["0.6000", "1,000,000", "403,000", "300,000", "130,000", "0.403", "0.130"]
+    assert poly_off[4:7] == ["0", "0", "0.7000 ± - (1)"]
+    assert const[6] == "0.8000 ± 0.0000 (3)" and const_off[6] == "0.6500 ± - (1)"
+    assert killed[4:8] == ["-", "1", "-", "-"] and killed[8:] == ["-"] * 7  # never zeros
+    assert (tmp_path / "gmp.csv").read_text().count("\n") == 7
+
+
+def test_stats_pair_polynomial_with_constant_sparsity_seed_by_seed(tmp_path):
+    gmp_sweep(tmp_path / "sweep")
+    res = stats_cli(tmp_path / "sweep")
+    assert res.returncode == 0, res.stderr
+    part = res.stdout.split("## Paired")
+    rows = {r.split(" | ")[3]: r for r in part[0].splitlines() if r.startswith("| resnet20")}
+    poly = "full width, fine-tuned, magnitude-pruned 0.6"
+    assert list(rows) == ["full width, fine-tuned", poly, f"{poly}, augmentation off",
+                          f"{poly}, constant sparsity", f"{poly}, constant sparsity, augmentation off"]
+    assert "| 0.8367 ± 0.0058 (3) |" in rows["full width, fine-tuned"]  # the dense reference
+    pairs = {(r[4], r[5], r[7]): r for r in (line.removeprefix("| ").removesuffix(" |").split(" | ")
+                                             for line in part[1].splitlines()) if r[0] == "resnet20"}
+    half = T975_2 * 0.01 / math.sqrt(3)
+    fp32 = pairs["polynomial vs constant", poly, "test/acc"]
+    assert fp32[:4] == ["resnet20", "cifar10_jpeg", "10", "-"] and fp32[6] == f"{poly}, constant sparsity"
+    assert fp32[8] == "3"
+    assert [float(x) for x in fp32[9:12]] == pytest.approx([0.02, 0.02 - half, 0.02 + half], abs=5e-5)
+    assert fp32[12] == "not resolved"
+    int8 = pairs["polynomial vs constant", poly, "int8/test/acc"]
+    assert int8[8:10] == ["3", "0.1150"] and int8[12] == "A > B"  # 0.11, 0.12, 0.115: sd 0.005
+    # without augmentation: its own pair, one seed, never matched with the augmented rows
+    off = pairs["polynomial vs constant", f"{poly}, augmentation off", "test/acc"]
+    assert off[6] == f"{poly}, constant sparsity, augmentation off"
+    assert off[8:10] == ["1", "0.0500"] and off[12] == "not resolved (n<2)"
+    dense = pairs["magnitude-pruned vs dense", poly, "test/acc"]
+    assert dense[6] == "full width, fine-tuned" and dense[8:10] == ["3", "-0.0167"]
+    assert dense[12] == "A < B"  # -0.02, -0.01, -0.02
+    assert ("magnitude-pruned vs dense", f"{poly}, augmentation off", "test/acc") not in pairs  # no dense
+    assert not any(k[2] == "test/acc_local" for k in pairs)  # no misc class: no local accuracy

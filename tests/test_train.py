@@ -100,6 +100,9 @@ class KillAtStep:
         if global_step == self.at:
             raise Interrupt
 
+    def settled(self) -> bool:
+        return True
+
     def state_dict(self) -> dict:
         return {}
 
@@ -191,6 +194,45 @@ def test_best_epoch_weights_are_returned(data, tmp_path):
     best = max(hist, key=lambda r: r["val/acc"])
     logits = predict(model, data.val, data, rt, 64)
     assert (logits.argmax(1) == data.val.targets).float().mean().item() == pytest.approx(best["val/acc"])
+
+
+class SettledIn:
+    """A StepHook settled only in the given 0-based epochs (``steps`` optimizer steps each)."""
+
+    def __init__(self, epochs: set[int], steps: int):
+        self.epochs, self.steps, self.epoch = epochs, steps, 0
+
+    def step(self, global_step: int) -> None:
+        self.epoch = global_step // self.steps
+
+    def settled(self) -> bool:
+        return self.epoch in self.epochs
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_only_epochs_that_end_settled_can_be_selected(data, tmp_path):
+    """A hook still changing the model (a sparsity ramp) makes its epochs unselectable: here only
+    epoch 1 is settled, so its weights come back although later epochs train on (lr 0.05)."""
+    from rsnet.report import history_metrics
+    cfg = train_cfg(epochs=3, optimizer={"lr": 0.05})
+    rt = resolve_runtime(cfg)
+    steps = len(make_loader(data.train, data, cfg.batch_size, rt, train=True, seed=0))
+    model = tiny_model()
+    hist = fit_from_config(model, data, cfg, rt, tmp_path, seed=0, hooks=[SettledIn({0}, steps)])
+    assert [r.get("train/selectable", 1) for r in hist] == [1, 0, 0]
+    logits = predict(model, data.val, data, rt, 64)
+    assert (logits.argmax(1) == data.val.targets).float().mean().item() == pytest.approx(hist[0]["val/acc"])
+    last = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), last.values()))
+    assert history_metrics(hist, "val/acc")["val/best_epoch"] == 1
+    assert history_metrics(hist, "val/acc")["val/acc"] == hist[0]["val/acc"]
+    never = [{**r, "train/selectable": 0} for r in hist]  # fit then keeps the last epoch
+    assert history_metrics(never, "val/acc")["val/best_epoch"] == 3
 
 
 def test_non_finite_loss_stops_with_a_clear_message(data, tmp_path):

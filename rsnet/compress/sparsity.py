@@ -217,6 +217,11 @@ class MagnitudePruner:
         self.apply()
         return updated
 
+    def settled(self) -> bool:
+        """True once the masks are the final ones (the update at ``end_step`` is made): a
+        model selected before that would be less sparse than ``final_sparsity``."""
+        return self.last_update_step == self.end_step
+
     # --- masks --------------------------------------------------------------------------
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:

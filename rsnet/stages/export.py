@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from rsnet.data import DataBundle
 from rsnet.data.loader import BatchLoader
-from rsnet.deploy import export_onnx, onnx_logits, open_session, quantize_int8
+from rsnet.deploy import export_onnx, gzip_bytes, onnx_logits, open_session, quantize_int8
 from rsnet.deploy.fold import fold_post_activation_bn
 from rsnet.deploy.onnx_io import MainLogits
 from rsnet.deploy.runtimes import DeployRuntime, predict_logits, predictor_latency
@@ -57,9 +57,11 @@ def run(ctx: Context) -> None:
 def export(ctx: Context, threshold: float | None = None) -> dict:
     """ONNX export (export/model.onnx), verified against PyTorch fp32 on seeded test images;
     test accuracy with ONNX Runtime; with ``export.int8`` the calibrated int8 model
-    (export/model_int8.onnx) and its accuracy and agreement; latency of PyTorch eager fp32 and
-    ONNX Runtime fp32 / int8 at ``export.latency.batch_sizes`` with a fixed thread count, and
-    of the trained baseline in PyTorch eager fp32 beside them (``latency/baseline_...``).
+    (export/model_int8.onnx) and its accuracy and agreement; the files' sizes, plain and
+    gzip-compressed (level 9: what an unstructured-sparse model's zeros save in storage);
+    latency of PyTorch eager fp32 and ONNX Runtime fp32 / int8 at
+    ``export.latency.batch_sizes`` with a fixed thread count, and of the trained baseline in
+    PyTorch eager fp32 beside them (``latency/baseline_...``).
     Every runtime of ``export.runtimes`` (e.g. OpenVINO) is verified, evaluated and timed on
     the same files the same way (:func:`runtime_metrics`).
     The misc threshold calibrated on validation (``threshold``) travels in the files' metadata,
@@ -94,7 +96,7 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
     with torch.no_grad():
         ref = torch.cat([net(x) for x in verify_x])
     out = {"export/format": "onnx", "export/opset": ex.opset, "export/verify_images": len(ref),
-           "export/onnx_bytes": fp32.stat().st_size}
+           "export/onnx_bytes": fp32.stat().st_size, "export/onnx_gzip_bytes": gzip_bytes(fp32)}
     try:
         out.update(_verified("the ONNX export", ref, onnx_logits(session, verify_x), ex, "export"))
     except RsnetError:
@@ -116,7 +118,7 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
         out.update({f"int8/test/{k}": v for k, v in
                     split_metrics(int8_test, data.test, data.misc_label).items()})
         out.update({"int8/top1_agreement": (int8_test.argmax(1) == fp32_test.argmax(1)).double().mean().item(),
-                    "int8/bytes": int8.stat().st_size,
+                    "int8/bytes": int8.stat().st_size, "int8/gzip_bytes": gzip_bytes(int8),
                     "int8/size_ratio": int8.stat().st_size / fp32.stat().st_size,
                     "int8/calib_method": ex.calib_method, "int8/calib_images": ex.calib_images,
                     "int8/per_channel": ex.per_channel})

@@ -17,6 +17,7 @@ from rsnet.models.widths import build_at_widths
 from rsnet.plan import check_plan_cost
 from rsnet.compress.sparsity import MagnitudePruner
 from rsnet.data import DataBundle
+from rsnet.errors import RsnetError
 from rsnet.stages.context import Context
 from rsnet.train import Runtime, fit, make_loader, predict
 from rsnet.fileio import atomic_torch_save, atomic_write_json, load_checkpoint_file
@@ -66,11 +67,21 @@ def train(ctx: Context) -> tuple[torch.nn.Module, list[dict]]:
 
 
 def magnitude_pruner(ctx: Context, model: torch.nn.Module) -> MagnitudePruner:
-    """Gradual magnitude pruning on the training stage's step counter (epochs -> steps)."""
-    sp = ctx.cfg.compression.sparsity
+    """Gradual magnitude pruning on the training stage's step counter (epochs -> steps).
+
+    The schedule must reach its final sparsity before training ends: only the epochs that end
+    with the final masks can be selected (a model from half-way along the ramp would be less
+    sparse than asked for), so a schedule that ends later is refused before training."""
+    sp, epochs = ctx.cfg.compression.sparsity, ctx.cfg.train.epochs
     steps_per_epoch = max(1, len(ctx.data.train) // ctx.cfg.train.batch_size)
+    end_step = int(sp.end_epoch * steps_per_epoch)
+    if end_step > epochs * steps_per_epoch - 1:  # global steps 0 .. epochs * steps - 1
+        raise RsnetError(f"compression.sparsity.end_epoch={sp.end_epoch} reaches the final sparsity "
+                         f"at step {end_step}, after the last of train.epochs={epochs} "
+                         f"({steps_per_epoch} steps each); end the schedule earlier (the last "
+                         f"epochs fine-tune with the final masks) or train longer")
     return MagnitudePruner(model, sp.initial_sparsity, sp.final_sparsity,
-                           int(sp.begin_epoch * steps_per_epoch), int(sp.end_epoch * steps_per_epoch),
+                           int(sp.begin_epoch * steps_per_epoch), end_step,
                            sp.frequency, sp.power, sp.scope, sp.prune_classifier)
 
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Gradual magnitude pruning of the pretrained CIFAR ResNet-20 and ResNet-44 (issue 17, item 2;
+# docs/results.md, "Gradual magnitude pruning of ResNet-20 and ResNet-44"). Every run is
+# experiment=cifar_gmp: akamaster's weights fine-tuned 8 epochs on CIFAR-10 (JPEG), all 10
+# classes, SGD lr 0.01 cosine, then ONNX fp32 + static int8, each file's size plain and gzip -9.
+# Per model (ResNet-20 first, then ResNet-44):
+#   1. with augmentation (random crop + flip), seeds 0, 1, 2 (the conclusions: polynomial vs
+#      constant, matched seed by seed, with 95 % intervals): the dense reference
+#      (compression=none), and magnitude pruning to 60 % and 70 % along the polynomial
+#      schedule (power 3 over epochs 0-5) and with constant sparsity (pruned to the target at
+#      the first step, compression.sparsity.end_epoch=0);
+#   2. without augmentation, seed 0 only: the same five runs, rows to look at, not conclusions
+#      (one seed gives no interval);
+# then the tables: results/gmp/gmp.md and .csv (accuracy fp32 / int8 over seeds, sparsity,
+# file sizes) and results/gmp/stats.md (every row over seeds; pairs "polynomial vs constant"
+# and "magnitude-pruned vs dense").
+# Runs go to $RUNS/cifar_gmp/<overrides> (RUNS=outputs/multirun by default). Rerun the same
+# command after a kill: finished runs are skipped stage by stage, a killed one resumes from its
+# last checkpoint. A failed run does not stop the others; the script then exits 1.
+#   RUNS=/work/runs bash scripts/evidence/gmp.sh
+# MODELS="resnet20" or SEEDS="0" run a part; EXTRA="train.threads=1" adds overrides that do not
+# change results. Do not mix machines within a comparison: train.precision=auto trains bf16 on
+# a GPU or an AVX512-BF16 CPU and fp32 elsewhere.
+#
+# CPU time (estimated, nothing of the study has run): 40 runs (20 per model), each 8 x 44,928
+# training images plus about 80,000 images evaluated (validation each epoch, test in PyTorch,
+# ONNX fp32 and int8, the pretrained baseline), about 380,000 ResNet-20 training-image
+# equivalents per ResNet-20 run and 2.4x that per ResNet-44 run (97.2 M / 40.6 M MACs):
+# 26 M in all. Measured: one epoch of 1,920 images (experiment=cifar_gmp train.epochs=1
+# dataset.train_per_class=200) trained at 19.7 images/s, fp32 (this Intel Xeon has AVX-512
+# VNNI, no BF16 or AMX), with torch's default 2 threads while two other trainings shared the 2
+# cores (the run got 0.35 of a core on average: 412 s CPU in 1,162 s): 56 images per
+# core-second, so about 130 core-hours, about 65 hours on 2 idle cores. That rate is low:
+# oversubscribed threads spin; the repository's fp32 benchmark (docs/results.md, Training
+# speed: 469 images/s on 2 idle AMD cores) would make it about 15 hours. Estimate: 15-65 hours
+# on 2 idle cores. At the measured 19.7 images/s (other jobs on the cores) it would take about
+# two weeks: run it on idle cores, or with EXTRA="train.threads=1" beside other jobs.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+MODELS=${MODELS:-"resnet20 resnet44"}
+SEEDS=${SEEDS:-"0 1 2"}
+SWEEP=${RUNS:-outputs/multirun}/cifar_gmp
+OUT=${OUT:-results/gmp}
+NOAUG="dataset.augment.crop_padding=0 dataset.augment.flip=false"
+status=0
+
+sweep() {  # one Hydra multirun into $SWEEP; a failure is remembered, the study goes on
+    python scripts/run.py -m experiment=cifar_gmp progress=false "hydra.sweep.dir=$SWEEP" \
+        "$@" ${EXTRA:-} || status=1
+}
+
+five() {  # dense, then polynomial and constant sparsity at 60 % and 70 %
+    sweep "$@" compression=none
+    sweep "$@" compression.sparsity.final_sparsity=0.6,0.7
+    sweep "$@" compression.sparsity.final_sparsity=0.6,0.7 compression.sparsity.end_epoch=0
+}
+
+for model in $MODELS; do
+    for seed in $SEEDS; do  # seed by seed: a session cut short still leaves whole comparisons
+        five model=$model seed=$seed
+    done
+    five model=$model seed=0 $NOAUG
+done
+mkdir -p $OUT
+python scripts/tables.py gmp "$SWEEP" --csv $OUT/gmp.csv > $OUT/gmp.md || status=1
+python scripts/tables.py stats "$SWEEP" --out $OUT || status=1
+cat $OUT/gmp.md
+[ "$status" -eq 0 ] || echo "gmp.sh: a run or a table failed; see $SWEEP/*/run.log and sweep.json" >&2
+exit $status
