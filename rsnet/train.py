@@ -375,6 +375,26 @@ def _train_epoch(net: nn.Module, run: _Fit, scaler, epoch: int, partial: dict | 
     return seen, loss_sum, correct, train_time, first_step
 
 
+def _resume(model: nn.Module, run: _Fit, scaler, last_path: Path
+            ) -> tuple[list[dict], dict, int, dict | None]:
+    """Model, optimizer, schedule, scaler and hooks restored from ``last_path`` when it exists;
+    returns (history, best, first epoch to run, the mid-epoch state of that epoch or None)."""
+    state = _load_on_main(last_path, "train checkpoint", run.rt)
+    if state is None:
+        return [], {"epoch": -1, "score": -math.inf}, 0, None
+    model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:  # empty when saved without fp16
+        scaler.load_state_dict(state["scaler"])
+    for hook, hook_state in zip(run.hooks, state.get("hooks", [])):
+        hook.load_state_dict(hook_state)
+    start, partial = state["epoch"] + 1, state.get("partial")  # partial: saved in mid-epoch
+    log.info("resuming training from %s after epoch %d%s", last_path, start,
+             f" and step {partial['step']} of epoch {start + 1}" if partial else "")
+    return state["history"], state["best"], start, partial
+
+
 def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
                   on_epoch_end: Callable[[int, dict], None] | None) -> list[dict]:
     rt, optimizer, scheduler, hooks = run.rt, run.optimizer, run.scheduler, run.hooks
@@ -382,24 +402,8 @@ def _train_epochs(model: nn.Module, data: DataBundle, run: _Fit,
     if main:
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.autocast_dtype == torch.float16)
-    history: list[dict] = []
-    best = {"epoch": -1, "score": -math.inf}
-    start, partial = 0, None
     last_path, best_path = run.ckpt_dir / "last.pt", run.ckpt_dir / "best.pt"
-    state = _load_on_main(last_path, "train checkpoint", rt)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:  # empty when saved without fp16
-            scaler.load_state_dict(state["scaler"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-        for hook, hook_state in zip(hooks, state.get("hooks", [])):
-            hook.load_state_dict(hook_state)
-        partial = state.get("partial")  # saved in mid-epoch: that epoch goes on from its step
-        log.info("resuming training from %s after epoch %d%s", last_path, start,
-                 f" and step {partial['step']} of epoch {start + 1}" if partial else "")
-        del state
+    history, best, start, partial = _resume(model, run, scaler, last_path)
     net = distributed.wrap_ddp(model, rt.device) if rt.dist.enabled else model
     if rt.compile:  # the training step only; evaluation and checkpoints use ``model`` itself
         net = torch.compile(net)
