@@ -515,6 +515,10 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
             pairs += [("Psi' vs Psi fine-tuned", best, row(PSI_FT, None)),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
         pairs += magnitude_pairs([r[3] for r in rows if r[:3] == (model, dataset, n) and r[4] == lam], row)
+        # dataset.misc_multiplier: K times as many misc training images against 1 (same recipe)
+        pairs += [(f"misc x{m.group(1)} vs x1", r, row(r[3].replace(m.group(0), "")))
+                  for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
+                  for m in [re.search(r", misc x([\d.]+)", r[3])] if m]
         out += [p for p in pairs if p[1] and p[2]]
     return out
 

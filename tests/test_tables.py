@@ -37,11 +37,13 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 
 
-def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null"):
+def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null",
+               misc_multiplier=1):
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(
         f"name: g\nseed: {seed}\nmodel: {{name: googlenet_rs, checkpoint: psi.pt}}\n"
-        f"dataset: {{name: tiny_imagenet, num_classes: 5}}\nexport: {{name: int8}}\n"
+        f"dataset: {{name: tiny_imagenet, num_classes: 5, misc_multiplier: {misc_multiplier}}}\n"
+        f"export: {{name: int8}}\n"
         f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045}}, "
         f"widths: {{round_to: {round_to}}}}}\n"
         f"compression: {{name: {compression}, criterion: l1}}\n")
@@ -202,6 +204,23 @@ def test_a_target_s_widths_are_their_own_row_paired_with_the_thesis_widths(tmp_p
                        "Psi' (rs), carved (l1) + fine-tuned"]
     assert hw[8:10] == ["3", "-0.0233"]  # (-0.02 - 0.03 - 0.02) / 3
     assert ("carved vs scratch", "test/acc_local") not in pairs  # no scratch runs here
+
+
+def test_misc_multipliers_are_paired_with_one_misc_image_per_in_scope_image(tmp_path):
+    """dataset.misc_multiplier=3 / 9 runs are rows of their own, each compared seed by seed
+    with the same recipe at the multiplier 1 (issue 13: its effect on local accuracy and AUROC)."""
+    sweep = tmp_path / "sweep"
+    for seed, (one, three, nine) in enumerate([(0.80, 0.76, 0.70), (0.82, 0.77, 0.71), (0.81, 0.77, 0.72)]):
+        for k, acc in ((1, one), (3, three), (9, nine)):
+            thesis_run(sweep / f"carved{seed}_x{k}", compression="prune", seed=seed,
+                       misc_multiplier=k, metrics={**COMMON, "test/acc_local": acc})
+    res = stats_cli(sweep, "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    pairs = {(r[4], r[7]): r for r in md_rows(res.stdout, 1)}
+    x3, x9 = pairs["misc x3 vs x1", "test/acc_local"], pairs["misc x9 vs x1", "test/acc_local"]
+    assert x3[5:7] == ["Psi' (rs), carved (l1) + fine-tuned, misc x3", "Psi' (rs), carved (l1) + fine-tuned"]
+    assert x3[8:10] == ["3", "-0.0433"]  # (-0.04 - 0.05 - 0.04) / 3
+    assert x9[8:10] == ["3", "-0.1000"] and x9[12] == "A < B"
 
 
 def test_paired_interval_is_the_student_t_interval():
