@@ -85,8 +85,10 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
                      "interpolation": cfg.dataset.interpolation})
     if threshold is not None:
         meta.update({"misc_score": cfg.openset.score, "misc_threshold": threshold})
-    fp32 = export_onnx(net, out_dir / "model.onnx", size, ex.opset, ex.dynamic_batch, meta,
-                       compact=ex.compact)
+    # what every deployed file holds: post-activation BNs folded (exact; verified against net)
+    deployed = fold_post_activation_bn(net)
+    fp32 = export_onnx(deployed, out_dir / "model.onnx", size, ex.opset, ex.dynamic_batch, meta,
+                       compact=ex.compact, fold=False)
     session = open_session(fp32, ex.latency.threads)
     # verification: PyTorch fp32 and ONNX Runtime on the same seeded test images
     batches = calibration_batches(data.test, ex.verify_images, data.mean, data.std,
@@ -126,7 +128,6 @@ def export(ctx: Context, threshold: float | None = None) -> dict:
         for kind, sess in sessions.items():
             out[f"latency/ort_{kind}_b{b}_ms"] = session_latency(sess, size, b, lat.runs, lat.warmup)
     del sessions, session  # their thread pools would compete with the next runtime's
-    deployed = fold_post_activation_bn(net)  # what the ONNX files hold (export_onnx folds)
     for spec in (ex.runtimes or {}).values():
         runtime: DeployRuntime = instantiate(spec)
         # ONNX, or its own format planned for the largest timed batch
