@@ -151,6 +151,17 @@ THESIS_KEYS = ["model", "dataset", "N", "network", "lambda"]
 MAPPED = "baseline/mapped/"  # Psi evaluated as an N-way model, in the run's own metrics
 PSI_CWAY, PSI_MAPPED = "Psi (C-way baseline)", "Psi (mapped N-way)"
 POLICY_ORDER = {"rs": 1, "uniform": 3}
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def recipe_epochs() -> dict[str, int]:
+    """Each recipe's default training epochs (carve, finetune: conf/recipe/; scratch:
+    conf/train/scratch.yaml). A run trained for other epochs is another recipe: its row's name
+    says how many (", 30 epochs")."""
+    read = lambda rel: yaml.safe_load((CONF / rel).read_text())  # noqa: E731
+    return {"carve": read("recipe/carve.yaml")["train"]["epochs"],
+            "finetune": read("recipe/finetune.yaml")["train"]["epochs"],
+            "scratch": read("train/scratch.yaml")["epochs"]}
 
 
 def network(cfg: dict) -> tuple[float, str]:
@@ -181,7 +192,16 @@ def network(cfg: dict) -> tuple[float, str]:
     if augmentation(cfg) != "on":  # another training recipe: a row of its own
         rank += 0.05
         name += f", augmentation {augmentation(cfg)}"
+    recipe = "carve" if comp == "prune" else "finetune" if policy == "none" else "scratch"
+    epochs = conf(cfg, "train.epochs")
+    if epochs is not None and epochs != RECIPE_EPOCHS[recipe]:
+        rank += 0.01
+        name += f", {epochs} epochs"
     return rank, name
+
+
+RECIPE_EPOCHS = recipe_epochs()
+EPOCHS_SUFFIX = re.compile(r", (\d+) epochs$")
 
 
 CONSTANT = ", constant sparsity"
@@ -509,6 +529,8 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         pairs += [("carved vs scratch", c, scratch) for c in carved]
         pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
                   for c in carved if c[3].endswith(", distilled")]
+        pairs += [("more epochs vs the recipe's", c, row(EPOCHS_SUFFIX.sub("", c[3])))
+                  for c in carved if EPOCHS_SUFFIX.search(c[3])]
         pairs += [("hardware widths vs thesis widths", r, row(re.sub(r", widths x\d+", "", r[3])))
                   for r in rounded]
         for best in carved or [scratch]:

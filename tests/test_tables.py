@@ -38,9 +38,10 @@ def test_missing_runs_are_marked_missing(tmp_path):
 
 
 def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null",
-               misc_multiplier=1):
+               misc_multiplier=1, epochs=None):
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(
+    train = "" if epochs is None else f"train: {{epochs: {epochs}}}\n"
+    (path / "config.yaml").write_text(train +
         f"name: g\nseed: {seed}\nmodel: {{name: googlenet_rs, checkpoint: psi.pt}}\n"
         f"dataset: {{name: tiny_imagenet, num_classes: 5, misc_multiplier: {misc_multiplier}}}\n"
         f"export: {{name: int8}}\n"
@@ -204,6 +205,30 @@ def test_a_target_s_widths_are_their_own_row_paired_with_the_thesis_widths(tmp_p
                        "Psi' (rs), carved (l1) + fine-tuned"]
     assert hw[8:10] == ["3", "-0.0233"]  # (-0.02 - 0.03 - 0.02) / 3
     assert ("carved vs scratch", "test/acc_local") not in pairs  # no scratch runs here
+
+
+def test_other_training_epochs_are_their_own_row_paired_with_the_recipe_s(tmp_path):
+    """A carve fine-tuned longer than its recipe's default (conf/recipe/carve.yaml: 10 epochs)
+    is another recipe: a row named with its epochs, paired seed by seed with the default's row
+    and with Psi fine-tuned; at the default the name stays plain, so the two never mix."""
+    sweep = tmp_path / "sweep"
+    for seed, (ten, thirty) in enumerate([(0.70, 0.75), (0.72, 0.76), (0.71, 0.77)]):
+        thesis_run(sweep / f"carved{seed}", compression="prune", seed=seed, epochs=10,
+                   metrics={**COMMON, "test/acc_local": ten})
+        thesis_run(sweep / f"carved30_{seed}", compression="prune", seed=seed, epochs=30,
+                   metrics={**COMMON, "test/acc_local": thirty})
+        thesis_run(sweep / f"psi_ft{seed}", "none", seed=seed, epochs=10,
+                   metrics={**COMMON, "test/acc_local": 0.80})
+    res = stats_cli(sweep, "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    rows = [r[3] for r in md_rows(res.stdout, 0)]
+    assert rows == ["Psi' (rs), carved (l1) + fine-tuned", "Psi' (rs), carved (l1) + fine-tuned, 30 epochs",
+                    "full width, fine-tuned"]
+    pairs = {(r[4], r[5], r[7]): r for r in md_rows(res.stdout, 1)}
+    longer = pairs["more epochs vs the recipe's", rows[1], "test/acc_local"]
+    assert longer[6] == rows[0] and longer[8:10] == ["3", "0.0500"]  # (0.05 + 0.04 + 0.06) / 3
+    ceiling = pairs["Psi' vs Psi fine-tuned", rows[1], "test/acc_local"]
+    assert ceiling[8:10] == ["3", "-0.0400"] and ceiling[12] == "A < B"
 
 
 def test_misc_multipliers_are_paired_with_one_misc_image_per_in_scope_image(tmp_path):

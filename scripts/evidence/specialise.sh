@@ -14,6 +14,8 @@
 #   5. the distilled carve planned for target=x86_avx512 (every width a multiple of 16, the
 #      same parameter budget): its accuracy against the thesis's widths (the speed is in
 #      docs/bench/widths.json);
+#   6. what closes the gap to the ceiling: the distilled carve fine-tuned 3x as long
+#      (GAP_EPOCHS, the from-scratch rows' epochs), and at lambda = 0.25 (the thesis's "25p");
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
 # Every run resumes from its run directory if killed; rerun the same command.
 #   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/evidence/specialise.sh
@@ -41,6 +43,8 @@ for f in $FAMILIES; do
     $sweep "$dir" dataset.num_classes=10 recipe=carve train.epochs=$FT_EPOCHS dataset.misc_test=all
     $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS target=x86_avx512
     $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
+    $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$SCRATCH_EPOCHS
+    $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS scaling.budget.lam=0.25
     python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
     python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
 done
