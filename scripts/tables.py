@@ -184,11 +184,7 @@ def network(cfg: dict) -> tuple[float, str]:
     if conf(cfg, "train.distill.enabled"):  # a different recipe: its own row
         rank += 0.25
         name += ", distilled"
-    multiplier = conf(cfg, "dataset.misc_multiplier")
-    if multiplier not in (None, 1, 1.0):
-        name += f", misc x{multiplier:g}"
-    if conf(cfg, "dataset.misc_test") == "all":  # the thesis's test set: every out-of-scope image
-        name += ", all-misc test"
+    name += data_setting(cfg)
     if augmentation(cfg) != "on":  # another training recipe: a row of its own
         rank += 0.05
         name += f", augmentation {augmentation(cfg)}"
@@ -205,6 +201,19 @@ EPOCHS_SUFFIX = re.compile(r", (\d+) epochs$")
 
 
 CONSTANT = ", constant sparsity"
+
+
+def data_setting(cfg: dict) -> str:
+    """The run's data, where it is not the default, as a row-name suffix: more misc training
+    images (", misc x3") or the thesis's all-misc test set (", all-misc test"). Psi evaluated by
+    such a run is evaluated on other data (other test images, a threshold calibrated on other
+    validation images), so its rows carry the same suffix."""
+    suffix, multiplier = "", conf(cfg, "dataset.misc_multiplier")
+    if multiplier not in (None, 1, 1.0):
+        suffix += f", misc x{multiplier:g}"
+    if conf(cfg, "dataset.misc_test") == "all":  # the thesis's test set: every out-of-scope image
+        suffix += ", all-misc test"
+    return suffix
 
 
 def schedule(cfg: dict) -> str | None:
@@ -240,8 +249,9 @@ def thesis_entries(dirs: list[Path]) -> list[dict]:
             m = {**m, "synthesis/time_s": m.get("plan/time_s", 0.0) + m["train/time_s"]}
         compressed = conf(cfg, "export.name") not in (None, "none") or \
             conf(cfg, "compression.name") == "magnitude"
+        data = data_setting(cfg)
         entries.append({**common, "network": name, "rank": rank, "lambda": lam, "m": m, "run": label,
-                        "seed": conf(cfg, "seed"),
+                        "seed": conf(cfg, "seed"), "data": data,
                         "tables": ["synthesis", "compression"] if compressed else ["synthesis"]})
         if "baseline/test/acc_local" in m:
             psi = {"model/params": m.get("baseline/params"), "model/macs": m.get("baseline/macs"),
@@ -250,7 +260,7 @@ def thesis_entries(dirs: list[Path]) -> list[dict]:
             key = (common["model"], common["dataset"], common["N"], json.dumps(psi, sort_keys=True))
             if key not in psi_seen:
                 psi_seen.add(key)
-                entries.append({**common, "network": PSI_CWAY, "rank": 0, "lambda": None,
+                entries.append({**common, "network": PSI_CWAY + data, "rank": 0, "lambda": None,
                                 "m": psi, "run": label, "tables": ["synthesis"]})
         if f"{MAPPED}test/acc_local" in m:  # Psi as an N-way model: the honest reference
             psi = {"model/params": m.get("baseline/params"), "model/macs": m.get("baseline/macs"),
@@ -258,7 +268,7 @@ def thesis_entries(dirs: list[Path]) -> list[dict]:
             key = (common["model"], common["dataset"], common["N"], json.dumps(psi, sort_keys=True))
             if key not in psi_seen:
                 psi_seen.add(key)
-                entries.append({**common, "network": PSI_MAPPED, "rank": 0.5, "lambda": None,
+                entries.append({**common, "network": PSI_MAPPED + data, "rank": 0.5, "lambda": None,
                                 "m": psi, "run": label, "seed": conf(cfg, "seed"),
                                 "tables": ["synthesis"]})
     return sorted(entries, key=entry_order)
@@ -436,8 +446,8 @@ def stats_entries(dirs: list[Path]) -> list[dict]:
     unfinished = sum(not e["m"] for e in entries)
     if unfinished:
         print(f"note: {unfinished} run(s) without metrics.json left out", file=sys.stderr)
-    runs = [e for e in entries if e["m"] and e["network"] not in (PSI_CWAY, PSI_MAPPED)]
-    psi = [{**e, "network": PSI_MAPPED, "rank": 0, "lambda": None,
+    runs = [e for e in entries if e["m"] and not e["network"].startswith((PSI_CWAY, PSI_MAPPED))]
+    psi = [{**e, "network": PSI_MAPPED + e["data"], "rank": 0, "lambda": None,
             "m": {k.removeprefix(MAPPED): v for k, v in e["m"].items() if k.startswith(MAPPED)}}
            for e in runs if f"{MAPPED}test/acc_local" in e["m"]]
     return sorted(runs + psi, key=entry_order)

@@ -237,11 +237,18 @@ def test_misc_multipliers_are_paired_with_one_misc_image_per_in_scope_image(tmp_
     sweep = tmp_path / "sweep"
     for seed, (one, three, nine) in enumerate([(0.80, 0.76, 0.70), (0.82, 0.77, 0.71), (0.81, 0.77, 0.72)]):
         for k, acc in ((1, one), (3, three), (9, nine)):
+            # each run evaluates Psi mapped too, on its own data: its calibrated threshold (hence
+            # calibrated accuracy) comes from that run's validation images, which k changes
+            psi = {"baseline/mapped/test/acc_local": 0.3, "baseline/mapped/test/cal/acc_local": 0.6 + k / 100}
             thesis_run(sweep / f"carved{seed}_x{k}", compression="prune", seed=seed,
-                       misc_multiplier=k, metrics={**COMMON, "test/acc_local": acc})
+                       misc_multiplier=k, metrics={**COMMON, "test/acc_local": acc, **psi})
     res = stats_cli(sweep, "--out", tmp_path / "t")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 0, res.stderr  # Psi of another data setting is not a conflicting seed
+    rows = {r[3]: r for r in md_rows(res.stdout, 0)}
+    assert [rows[f"Psi (mapped N-way){x}"][5] for x in ("", ", misc x3", ", misc x9")] == ["0, 1, 2"] * 3
     pairs = {(r[4], r[7]): r for r in md_rows(res.stdout, 1)}
+    mapped = pairs["Psi' vs Psi mapped", "test/acc_local"]  # the x1 carve against Psi at x1
+    assert mapped[6] == "Psi (mapped N-way)" and mapped[8:10] == ["3", "0.5100"]  # 0.81 - 0.30
     x3, x9 = pairs["misc x3 vs x1", "test/acc_local"], pairs["misc x9 vs x1", "test/acc_local"]
     assert x3[5:7] == ["Psi' (rs), carved (l1) + fine-tuned, misc x3", "Psi' (rs), carved (l1) + fine-tuned"]
     assert x3[8:10] == ["3", "-0.0433"]  # (-0.04 - 0.05 - 0.04) / 3
