@@ -194,6 +194,12 @@ def test_bench_int8_reports_each_runtime_against_its_own_fp32(files, tmp_path):
     assert (f"| toy | 60 | ExecuTorch | {100 * row['executorch_fp32_acc']:.2f} % | - | - | "
             f"{row['executorch_fp32_b4_ms']:.2f} | - | - |") in table
     assert "- toy: ExecuTorch cannot run its int8 file: ExecuTorch cannot load" in table
+    # ONNX Runtime ran every file at export: one it cannot run is a fault, not a table note
+    bad_onnx = tmp_path / "bad_int8.onnx"
+    bad_onnx.write_bytes(files["int8"].read_bytes()[:200])
+    args.runtimes = ["ort"]
+    with pytest.raises(RsnetError):
+        bench._int8_rows([("toy", {"ort": {"fp32": files["fp32"], "int8": bad_onnx}}, data, SIZE)], args)
     assert bench.run_label("dataset.num_classes=10,model.checkpoint=m.pt,recipe=carve,seed=2,"
                            "train.distill.enabled=True") == "num_classes=10,recipe=carve,seed=2,distill=True"
 
