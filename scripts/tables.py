@@ -499,10 +499,11 @@ def row_keys(row: Row) -> list[str]:
     return [fmt(v) if v is not None else "-" for v in row]
 
 
-def stats_rows(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    """The per-row table, one "mean ± sd (n)" cell per metric that any row has, and its long form
-    (one line per row and metric, for the CSV)."""
-    present = [k for k in STATS_METRICS if any(number(m.get(k)) for s in groups.values() for m in s.values())]
+def stats_rows(groups: dict[Row, dict], metrics: list[str] = STATS_METRICS
+               ) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """The per-row table, one "mean ± sd (n)" cell per metric of ``metrics`` that any row has,
+    and its long form (one line per row and metric, for the CSV)."""
+    present = [k for k in metrics if any(number(m.get(k)) for s in groups.values() for m in s.values())]
     header = THESIS_KEYS + ["seeds"] + present
     long_header = THESIS_KEYS + ["seeds", "metric", "n", "mean", "sd"]
     table, long = [], []
@@ -613,9 +614,26 @@ def stats(paths: list[Path], out: Path | None) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "stats.md").write_text(md)
+        (out / "summary.md").write_text(stats_summary(groups, pair_header, pairs))
         write_csv(out / "stats_rows.csv", long_header, long)
         write_csv(out / "stats_pairs.csv", pair_header, pairs)
     return 1 if errors else 0
+
+
+# the question of issue 13 in few columns: accuracy with misc decided as deployed, misc
+# detection of never-seen classes, and the cost
+SUMMARY_METRICS = ["test/cal/acc_local", "openset/unseen/auroc_misc", "openset/unseen/fpr95_misc",
+                   "model/params", "train/images_seen"]
+
+
+def stats_summary(groups: dict[Row, dict], pair_header: list[str], pairs: list[list[str]]) -> str:
+    """summary.md: stats.md cut to SUMMARY_METRICS (rows) and to the pairs on them."""
+    header, body, _, _ = stats_rows(groups, SUMMARY_METRICS)
+    metric = pair_header.index("metric")
+    kept = [p for p in pairs if p[metric] in SUMMARY_METRICS]
+    return ("## Over seeds: mean ± sd (n seeds), key metrics\n\n" + markdown(header, body) +
+            "\n## Paired differences A - B on them\n\n" + CI_METHOD + "\n\n" +
+            markdown(pair_header, kept))
 
 
 # gmp: gradual magnitude pruning of the pretrained CIFAR ResNets (scripts/evidence/gmp.sh)

@@ -184,6 +184,14 @@ def test_stats_over_seeds_give_mean_sd_and_paired_intervals(tmp_path):
     assert (t / "stats.md").read_text() == res.stdout
     assert (t / "stats_pairs.csv").read_text().count("\n") == len(pairs) + 1
     assert "test/acc_local,3,0.8200,0.0100" in (t / "stats_rows.csv").read_text()
+    # summary.md: the same rows and pairs, cut to the key metrics (no plain local accuracy)
+    summary = (t / "summary.md").read_text()
+    head = summary.split("\n\n")[1].splitlines()[0]
+    assert "test/cal/acc_local" in head and "openset/unseen/auroc_misc" in head and "test/acc_local" not in head
+    assert md_rows(summary, 0)[1][5:7] == ["0, 1, 2", "0.5900 ± 0.0100 (3)"]  # rs, calibrated local
+    kept = [r for r in md_rows(summary, 1)]
+    assert kept and all(r[7] in ("test/cal/acc_local", "openset/unseen/auroc_misc") for r in kept)
+    assert len(kept) == sum(k[1] != "test/acc_local" for k in pairs)
 
 
 def test_a_target_s_widths_are_their_own_row_paired_with_the_thesis_widths(tmp_path):
