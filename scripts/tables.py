@@ -6,6 +6,11 @@
     python scripts/tables.py stats  <run dir or sweep dir> ... [--out DIR]
     python scripts/tables.py curve  <run dir> ... [--out DIR]     # learning curves
     python scripts/tables.py gmp    <run dir or sweep dir> ... [--csv FILE]
+    python scripts/tables.py records <run dir or sweep dir> ... --out runs.jsonl
+
+Every kind but curve also reads runs.jsonl files (records: the finished runs' metrics and
+configs, one JSON line each) in place of run directories, so a study's tables can be rebuilt,
+and merged with later runs, after its run directories are gone.
 
 thesis: (1) per model and N, Psi (the C-way baseline on the subset, from runs given a
 model.checkpoint), Psi' by rs from scratch and carved + fine-tuned, uniform scaling at the same
@@ -50,6 +55,7 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -66,10 +72,23 @@ COLUMNS = {
 }
 
 
-def run_dirs(paths: list[Path]) -> list[Path]:
-    found = []
+class Record(NamedTuple):
+    """A finished run kept as one line of a runs.jsonl file (``tables.py records``): what the
+    tables read of its run directory, so they can be rebuilt, and merged with later runs,
+    after the directory itself is gone (a study that outlives its machine)."""
+    label: str
+    metrics: dict
+    config: dict
+
+
+def run_dirs(paths: list[Path]) -> list[Path | Record]:
+    """The runs under ``paths``: run directories, sweep directories searched for them, and
+    runs.jsonl files of :class:`Record` lines."""
+    found: list[Path | Record] = []
     for p in paths:
-        if (p / "config.yaml").exists():
+        if p.is_file() and p.suffix == ".jsonl":
+            found += [Record(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+        elif (p / "config.yaml").exists():
             found.append(p)
         elif p.is_dir():
             found += sorted(d.parent for d in p.rglob("config.yaml") if d.parent.name != ".hydra")
@@ -108,8 +127,10 @@ def lookup(m: dict, cfg: dict, key: str):
     return conf(cfg, key[4:]) if key.startswith("cfg:") else m.get(key)
 
 
-def load(d: Path) -> tuple[str, dict, dict]:
+def load(d: Path | Record) -> tuple[str, dict, dict]:
     """A run's label, metrics ({} when it has not finished) and resolved config."""
+    if isinstance(d, Record):
+        return d.label, d.metrics, d.config
     m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     return f"{cfg.get('name', d.parent.name)}/{d.name}", m, cfg
@@ -695,16 +716,37 @@ def gmp(paths: list[Path], csv_path: Path | None) -> int:
     return 1 if errors else 0
 
 
+def records(paths: list[Path], out: Path | None) -> int:
+    """Write (or print) the finished runs under ``paths`` as runs.jsonl lines (:class:`Record`);
+    a run found twice counts once. Unfinished runs are left out: they resume, records do not."""
+    lines = {}
+    for d in run_dirs(paths):
+        label, m, cfg = load(d)
+        if m:
+            lines.setdefault(label, json.dumps(Record(label, m, cfg)._asdict(), sort_keys=True))
+    text = "".join(f"{line}\n" for _, line in sorted(lines.items()))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"{len(lines)} finished runs -> {out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "gmp", "stats", "thesis"])
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "gmp", "records", "stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp)")
     p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
-                   "stats: stats.md, stats_rows.csv, stats_pairs.csv")
+                   "stats: stats.md, summary.md, stats_rows.csv, stats_pairs.csv; records: the "
+                   "runs.jsonl file")
     args = p.parse_args()
     if args.kind == "stats":
         sys.exit(stats(args.paths, args.out))
+    if args.kind == "records":
+        sys.exit(records(args.paths, args.out))
     if args.kind == "gmp":
         sys.exit(gmp(args.paths, args.csv))
     if args.kind == "curve":

@@ -508,3 +508,22 @@ def test_stats_pair_polynomial_with_constant_sparsity_seed_by_seed(tmp_path):
     assert dense[12] == "A < B"  # -0.02, -0.01, -0.02
     assert ("magnitude-pruned vs dense", f"{poly}, augmentation off", "test/acc") not in pairs  # no dense
     assert not any(k[2] == "test/acc_local" for k in pairs)  # no misc class: no local accuracy
+
+
+def test_records_keep_a_study_s_tables_after_its_run_directories_are_gone(tmp_path):
+    """tables.py records writes the finished runs as runs.jsonl; stats from that file alone
+    equals stats from the run directories, and the file merged with the same directories (a
+    later session resuming the study beside it) counts each run once."""
+    sweep = tmp_path / "sweep"
+    seed_sweep(sweep)
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "records", str(sweep),
+                          "--out", str(tmp_path / "runs.jsonl")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 3 + 4 + 2 + 1  # rs, uniform, carved, Psi fine-tuned; not the killed run
+    from_dirs = stats_cli(sweep)
+    from_records = stats_cli(tmp_path / "runs.jsonl")
+    merged = stats_cli(tmp_path / "runs.jsonl", sweep)
+    assert from_dirs.returncode == from_records.returncode == merged.returncode == 0
+    assert from_records.stdout == from_dirs.stdout == merged.stdout
+    assert "0.8200 ± 0.0100 (3)" in from_records.stdout

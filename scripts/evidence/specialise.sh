@@ -45,6 +45,10 @@ for f in $FAMILIES; do
     $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
     $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$SCRATCH_EPOCHS
     $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS scaling.budget.lam=0.25
-    python scripts/tables.py thesis "$RUNS/specialise_$f" --out results/specialise/$f
-    python scripts/tables.py stats "$RUNS/specialise_$f" --out results/specialise/$f
+    # the finished runs' records, merged with any kept from an earlier machine's run directories
+    out=results/specialise/$f
+    python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) "$RUNS/specialise_$f" \
+        --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
+    python scripts/tables.py thesis $out/runs.jsonl --out $out
+    python scripts/tables.py stats $out/runs.jsonl --out $out
 done
