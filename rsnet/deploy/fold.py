@@ -15,7 +15,14 @@ Where every channel's BN scale ``a = gamma / sqrt(var + eps)`` is positive,
 
 The BN goes into the convolution's weights and bias, and at most a per-channel constant add
 is left (:class:`ChannelShift`; none where that constant is 0 in every channel), which ORT
-runs in int8 (QLinearAdd). A block with any scale <= 0 is left as it is.
+runs in int8 (QLinearAdd).
+
+A block with any scale <= 0 cannot be folded; its BN becomes the same per-channel affine map
+as elementwise ops, ``x * a + b`` (:class:`ChannelAffine`: Mul, Add). ORT runs those in int8
+and in its NHWC layout (QLinearMul, QLinearAdd), where a float BatchNormalization breaks the
+int8 graph into NCHW islands: the max-pools after it then ran as ORT's generic uint8 NCHW
+kernel, which took 15 of the 22 ms of GoogLeNet-rs's trained int8 Psi at batch 32 on a 2-core
+AMD EPYC (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["ChannelShift", "fold_post_activation_bn", "post_activation_bn_blocks"]
+__all__ = ["ChannelAffine", "ChannelShift", "fold_post_activation_bn", "post_activation_bn_blocks"]
 
 
 class ChannelShift(nn.Module):
@@ -39,6 +46,18 @@ class ChannelShift(nn.Module):
         return x + self.shift
 
 
+class ChannelAffine(nn.Module):
+    """``x * scale + shift`` per channel (an eval-mode BatchNorm as Mul and Add)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) of the eval-mode BN ``a * x + b``, per channel."""
     a = torch.rsqrt(bn.running_var + bn.eps)
@@ -50,9 +69,10 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return a.detach(), b.detach()
 
 
-def post_activation_bn_blocks(model: nn.Module) -> list[nn.Sequential]:
-    """The ``conv -> ReLU -> BN [-> ReLU]`` blocks of ``model`` that can be folded: children
-    named as conv_bn_act names them, a BN with running statistics and positive scales."""
+def post_activation_bn_blocks(model: nn.Module, foldable: bool = True) -> list[nn.Sequential]:
+    """The ``conv -> ReLU -> BN [-> ReLU]`` blocks of ``model`` (children named as conv_bn_act
+    names them, a BN with running statistics) whose BN scales are all positive (``foldable``)
+    or not all positive (``foldable=False``)."""
     found = []
     for block in model.modules():
         if not isinstance(block, nn.Sequential):
@@ -65,18 +85,21 @@ def post_activation_bn_blocks(model: nn.Module) -> list[nn.Sequential]:
                 isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None and
                 (post is None or type(post) is nn.ReLU)):
             continue
-        if bool((_bn_affine(bn)[0] > 0).all()):
+        if bool((_bn_affine(bn)[0] > 0).all()) == foldable:
             found.append(block)
     return found
 
 
 @torch.no_grad()
 def fold_post_activation_bn(model: nn.Module) -> nn.Module:
-    """``model`` with every foldable post-activation BN folded (a copy; ``model`` itself is
-    returned unchanged when there is none). Exact up to float rounding, in eval mode."""
-    if not post_activation_bn_blocks(model):
+    """``model`` with every foldable post-activation BN folded and every other one made a
+    :class:`ChannelAffine` (a copy; ``model`` itself is returned unchanged when it has no
+    post-activation BN). Exact up to float rounding, in eval mode."""
+    if not (post_activation_bn_blocks(model) or post_activation_bn_blocks(model, foldable=False)):
         return model
     model = copy.deepcopy(model).eval()
+    for block in post_activation_bn_blocks(model, foldable=False):
+        block.bn = ChannelAffine(*_bn_affine(block.bn))
     for block in post_activation_bn_blocks(model):
         conv, bn = block.conv, block.bn
         a, b = _bn_affine(bn)
