@@ -74,7 +74,7 @@ def test_int8_graph_of_a_post_activation_bn_model_has_no_float_batchnorm(tmp_pat
     """What ONNX Runtime runs (its optimised graph) for the int8 file: every BN folded away or
     made int8 Mul / Add, no BatchNormalization node left between quantized convolutions, and
     every max-pool in ORT's NHWC int8 kernel (after a float BN, the stem's pool and those of
-    inception 3a / 3b ran as the generic NCHW kernel, 15 of 22 ms on a trained Psi)."""
+    inception 3a / 3b ran as the generic NCHW kernel, most of a trained Psi's int8 time)."""
     import onnx
     import onnxruntime as ort
 

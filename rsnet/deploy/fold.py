@@ -21,8 +21,8 @@ A block with any scale <= 0 cannot be folded; its BN becomes the same per-channe
 as elementwise ops, ``x * a + b`` (:class:`ChannelAffine`: Mul, Add). ORT runs those in int8
 and in its NHWC layout (QLinearMul, QLinearAdd), where a float BatchNormalization breaks the
 int8 graph into NCHW islands: the max-pools after it then ran as ORT's generic uint8 NCHW
-kernel, which took 15 of the 22 ms of GoogLeNet-rs's trained int8 Psi at batch 32 on a 2-core
-AMD EPYC (docs/deployment.md).
+kernel, most of the time of GoogLeNet-rs's trained int8 Psi on a 2-core AMD EPYC, whose int8
+was slower than its fp32 (docs/deployment.md).
 """
 
 from __future__ import annotations
