@@ -195,7 +195,9 @@ def test_squeezenet_head_becomes_an_n_way_1x1_conv():
         head = model.classifier[1]
         assert isinstance(head, nn.Conv2d) and head.out_channels == 3
         assert model(x).shape == (2, 3)
-        assert torch.equal(head(model.features(x))[:, 1:], full[:, [7, 2]])
+        # the same weights, equal up to rounding: a 3-filter convolution need not sum in the
+        # order a 10-filter one does (oneDNN picks kernels by shape)
+        torch.testing.assert_close(head(model.features(x))[:, 1:], full[:, [7, 2]], rtol=1e-5, atol=1e-6)
 
 
 def test_a_budget_no_plan_meets_names_the_constructs_that_fix_widths():
