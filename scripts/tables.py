@@ -213,12 +213,12 @@ def network(cfg: dict) -> tuple[float, str]:
     epochs = conf(cfg, "train.epochs")
     if epochs is not None and epochs != RECIPE_EPOCHS[recipe]:
         rank += 0.01
-        name += f", {epochs} epochs"
+        name += f", {epochs} epoch{'s' * (epochs != 1)}"
     return rank, name
 
 
 RECIPE_EPOCHS = recipe_epochs()
-EPOCHS_SUFFIX = re.compile(r", (\d+) epochs$")
+EPOCHS_SUFFIX = re.compile(r", (\d+) epochs?$")
 
 
 CONSTANT = ", constant sparsity"
@@ -548,7 +548,12 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
     for model, dataset, n, lam in dict.fromkeys((r[0], r[1], r[2], r[4]) for r in rows):
         def row(network: str, lam_: float | None = lam) -> Row | None:
             return (model, dataset, n, network, lam_) if (model, dataset, n, network, lam_) in have else None
-        scratch = row(RS)
+        def here(r: Row, lam_: float | None = lam) -> bool:
+            return r[:3] == (model, dataset, n) and r[4] == lam_
+        # from scratch and the ceiling at any epochs (named when not the recipe's), the recipe's first
+        scratch = sorted((r for r in rows if here(r) and EPOCHS_SUFFIX.sub("", r[3]) == RS), key=lambda r: len(r[3]))
+        ceiling = min((r for r in rows if here(r, None) and EPOCHS_SUFFIX.sub("", r[3]) == PSI_FT),
+                      key=lambda r: len(r[3]), default=None)
         # carved and fine-tuned, with or without distillation (magnitude-pruned or other-misc
         # networks are other studies)
         carved = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
@@ -557,16 +562,16 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         rounded = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
                    and r[3].startswith("Psi' (rs), carved") and "widths x" in r[3]
                    and "misc x" not in r[3] and "all-misc" not in r[3]]
-        pairs = [("rs vs uniform", scratch, row(UNIFORM))]
-        pairs += [("carved vs scratch", c, scratch) for c in carved]
+        pairs = [("rs vs uniform", r, row(UNIFORM + r[3][len(RS):])) for r in scratch]
+        pairs += [("carved vs scratch", c, r) for c in carved for r in scratch]
         pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
                   for c in carved if c[3].endswith(", distilled")]
         pairs += [("more epochs vs the recipe's", c, row(EPOCHS_SUFFIX.sub("", c[3])))
                   for c in carved if EPOCHS_SUFFIX.search(c[3])]
         pairs += [("hardware widths vs thesis widths", r, row(re.sub(r", widths x\d+", "", r[3])))
                   for r in rounded]
-        for best in carved or [scratch]:
-            pairs += [("Psi' vs Psi fine-tuned", best, row(PSI_FT, None)),
+        for best in carved or scratch:
+            pairs += [("Psi' vs Psi fine-tuned", best, ceiling),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
         pairs += magnitude_pairs([r[3] for r in rows if r[:3] == (model, dataset, n) and r[4] == lam], row)
         # dataset.misc_multiplier: K times as many misc training images against 1 (same recipe)

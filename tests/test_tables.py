@@ -325,7 +325,9 @@ def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
 
     rows = [r.removeprefix("| ").removesuffix(" |").split(" | ")
             for r in out.split("## Paired")[0].splitlines() if r.startswith("| resnet_cifar")]
-    assert [r[3] for r in rows] == ["Psi (mapped N-way)", "Psi' (rs), from scratch", "uniform, from scratch"]
+    # one epoch, not the scratch recipe's 30: the rows say so, and still pair rs with uniform
+    assert [r[3] for r in rows] == ["Psi (mapped N-way)", "Psi' (rs), from scratch, 1 epoch",
+                                    "uniform, from scratch, 1 epoch"]
     psi = [runs["rs", s]["baseline/mapped/test/acc_local"] for s in (0, 1)]
     assert psi == [runs["uniform", s]["baseline/mapped/test/acc_local"] for s in (0, 1)]
     assert rows[0][5] == "0, 1"
@@ -339,7 +341,7 @@ def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
     csv_pairs = (tmp_path / "t" / "stats_pairs.csv").read_text().splitlines()
     assert sum("rs vs uniform" in r and ",test/acc_local,2," in r for r in csv_pairs) == 1
     mapped = [r for r in pairs if r[4] == "Psi' vs Psi mapped" and r[7] == "test/acc_local"]
-    assert len(mapped) == 1 and mapped[0][5:9] == ["Psi' (rs), from scratch", "Psi (mapped N-way)",
+    assert len(mapped) == 1 and mapped[0][5:9] == ["Psi' (rs), from scratch, 1 epoch", "Psi (mapped N-way)",
                                                    "test/acc_local", "2"]
     diffs = [runs["rs", s]["test/acc_local"] - psi[s] for s in (0, 1)]
     assert float(mapped[0][9]) == pytest.approx(sum(diffs) / 2, abs=6e-5)
