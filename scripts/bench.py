@@ -715,25 +715,21 @@ def _run_architecture(run_dir: Path, cfg, data) -> tuple[torch.nn.Module, str]:
     """(the untrained structure of a run's trained model, what it was rebuilt from), as the
     pipeline made it: a carved model (compression=prune, netadapt, morphnet) from
     checkpoints/pruned.pt, else one built at plan.json's widths, else the full-width model
-    with the N-way head (``Context.nway_arch``)."""
+    with the N-way head (the stages' own builders, :class:`rsnet.stages.context.Context`)."""
     from rsnet.compress import load_pruned
-    from rsnet.models import subset_head, untrained_config
     from rsnet.models.widths import build_at_widths
     from rsnet.plan.widthplan import WidthPlan
+    from rsnet.stages.context import Context
+    from rsnet.train import Runtime
 
-    def nway() -> torch.nn.Module:
-        net, s = build_model(untrained_config(cfg.model), len(data.base_class_names)), data.subset
-        return net if s is None else subset_head(net, s.classes, s.num_base_classes, s.misc, "reset")
-
+    ctx = Context(cfg, run_dir, Runtime(torch.device("cpu"), None, False), data=data)
     pruned, plan = run_dir / "checkpoints" / "pruned.pt", run_dir / "plan.json"
     if pruned.is_file():
-        size = cfg.model.input_size
-        return load_pruned(pruned, nway, torch.zeros(2, 3, size, size)), "checkpoints/pruned.pt"
+        return load_pruned(pruned, ctx.nway_arch, ctx.example()), "checkpoints/pruned.pt"
     if plan.is_file():
-        baseline = build_model(untrained_config(cfg.model), len(data.base_class_names))
         return build_at_widths(cfg.model, data.num_outputs, WidthPlan.load(plan).widths(),
-                               baseline), "plan.json"
-    return nway(), "full widths (no plan.json, no checkpoints/pruned.pt)"
+                               ctx.untrained(len(data.base_class_names))), "plan.json"
+    return ctx.nway_arch(), "full widths (no plan.json, no checkpoints/pruned.pt)"
 
 
 @torch.no_grad()

@@ -87,7 +87,7 @@ def run_dirs(paths: list[Path]) -> list[Path | Record]:
     found: list[Path | Record] = []
     for p in paths:
         if p.is_file() and p.suffix == ".jsonl":
-            found += [Record(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+            found += read_records(p)
         elif (p / "config.yaml").exists():
             found.append(p)
         elif p.is_dir():
@@ -125,6 +125,19 @@ def criterion(cfg: dict) -> str | None:
 def lookup(m: dict, cfg: dict, key: str):
     """A metrics.json value, or a config value for keys written "cfg:dotted.path"."""
     return conf(cfg, key[4:]) if key.startswith("cfg:") else m.get(key)
+
+
+def read_records(path: Path) -> list[Record]:
+    """The :class:`Record` lines of a runs.jsonl file; one that is not a record stops the
+    command with the file and line named (a table must not silently lose runs)."""
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(Record(**json.loads(line)))
+            except (ValueError, TypeError) as e:
+                sys.exit(f"{path}:{i} is not a run record (label, metrics, config): {e}")
+    return records
 
 
 def load(d: Path | Record) -> tuple[str, dict, dict]:
@@ -550,18 +563,17 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
             return (model, dataset, n, network, lam_) if (model, dataset, n, network, lam_) in have else None
         def here(r: Row, lam_: float | None = lam) -> bool:
             return r[:3] == (model, dataset, n) and r[4] == lam_
-        # from scratch and the ceiling at any epochs (named when not the recipe's), the recipe's first
-        scratch = sorted((r for r in rows if here(r) and EPOCHS_SUFFIX.sub("", r[3]) == RS), key=lambda r: len(r[3]))
+        # from scratch and the ceiling at any epochs (named when not the recipe's); of several
+        # ceilings, the recipe's (the shortest name)
+        scratch = [r for r in rows if here(r) and EPOCHS_SUFFIX.sub("", r[3]) == RS]
         ceiling = min((r for r in rows if here(r, None) and EPOCHS_SUFFIX.sub("", r[3]) == PSI_FT),
                       key=lambda r: len(r[3]), default=None)
         # carved and fine-tuned, with or without distillation (magnitude-pruned or other-misc
         # networks are other studies)
-        carved = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
-                  and r[3].startswith("Psi' (rs), carved") and "magnitude" not in r[3]
-                  and "misc x" not in r[3] and "all-misc" not in r[3] and "widths x" not in r[3]]
-        rounded = [r for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
-                   and r[3].startswith("Psi' (rs), carved") and "widths x" in r[3]
-                   and "misc x" not in r[3] and "all-misc" not in r[3]]
+        carved = [r for r in rows if here(r) and r[3].startswith("Psi' (rs), carved")
+                  and not any(k in r[3] for k in ("magnitude", "misc x", "all-misc", "widths x"))]
+        rounded = [r for r in rows if here(r) and r[3].startswith("Psi' (rs), carved")
+                   and "widths x" in r[3] and "misc x" not in r[3] and "all-misc" not in r[3]]
         pairs = [("rs vs uniform", r, row(UNIFORM + r[3][len(RS):])) for r in scratch]
         pairs += [("carved vs scratch", c, r) for c in carved for r in scratch]
         pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
@@ -573,10 +585,10 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         for best in carved or scratch:
             pairs += [("Psi' vs Psi fine-tuned", best, ceiling),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
-        pairs += magnitude_pairs([r[3] for r in rows if r[:3] == (model, dataset, n) and r[4] == lam], row)
+        pairs += magnitude_pairs([r[3] for r in rows if here(r)], row)
         # dataset.misc_multiplier: K times as many misc training images against 1 (same recipe)
         pairs += [(f"misc x{m.group(1)} vs x1", r, row(r[3].replace(m.group(0), "")))
-                  for r in rows if r[:3] == (model, dataset, n) and r[4] == lam
+                  for r in rows if here(r)
                   for m in [re.search(r", misc x([\d.]+)", r[3])] if m]
         out += [p for p in pairs if p[1] and p[2]]
     return out

@@ -529,3 +529,11 @@ def test_records_keep_a_study_s_tables_after_its_run_directories_are_gone(tmp_pa
     assert from_dirs.returncode == from_records.returncode == merged.returncode == 0
     assert from_records.stdout == from_dirs.stdout == merged.stdout
     assert "0.8200 ± 0.0100 (3)" in from_records.stdout
+
+
+def test_a_broken_records_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "runs.jsonl"
+    bad.write_text('{"label": "a", "metrics": {}, "config": {}}\n{"label": "b"}\n')
+    res = stats_cli(bad)
+    assert res.returncode != 0 and f"{bad}:2 is not a run record" in res.stderr
+    assert "Traceback" not in res.stderr
