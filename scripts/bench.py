@@ -495,20 +495,24 @@ def bench_widths(args) -> dict:
     """Psi and Psi' (rs, N = --classes) of each thesis family for each deployment target
     (its channel multiple): parameters, MACs, and fp32 latency at batch --latency-batch on ONNX
     Runtime and OpenVINO with 2 threads, timed in --repeats interleaved rounds (every model and
-    runtime once per round; the median over rounds of each round's median). --int8 adds the
+    runtime once per round; the median over rounds of each round's median; Psi' / Psi is taken
+    round by round, and its median and range over the rounds are reported). --int8 adds the
     static int8 (QDQ) file of each on both runtimes and its speed-up over the same runtime's
     fp32."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="rsnet-bench-widths-") as tmp:
         for experiment in args.experiments:
             rows += _time_widths(experiment, args, Path(tmp))
-    for r in rows:  # Psi' against its own family's Psi
+    for r in rows:  # Psi' against its own family's Psi, round by round (paired in time)
         psi = next(p for p in rows if p["experiment"] == r["experiment"] and p["model"] == "Psi")
         r["macs_ratio"] = r["macs"] / psi["macs"]
         for rt in ("ort", "openvino"):
-            key = f"{rt}_fp32_b{args.latency_batch}_ms"
-            r[f"{rt}_latency_ratio"] = r[key] / psi[key]
+            key = f"{rt}_fp32_b{args.latency_batch}_rounds_ms"
+            per_round = np.array(r[key]) / np.array(psi[key])
+            r[f"{rt}_latency_ratio"] = float(np.median(per_round))
             r[f"{rt}_latency_over_macs"] = r[f"{rt}_latency_ratio"] / r["macs_ratio"]
+            r[f"{rt}_latency_over_macs_range"] = [float(per_round.min() / r["macs_ratio"]),
+                                                  float(per_round.max() / r["macs_ratio"])]
     return {"rows": rows}
 
 
@@ -547,7 +551,8 @@ def _time_widths(experiment: str, args, tmp: Path) -> list[dict]:
                "min_width_multiple": None if label == "Psi" else _multiple(net),
                "ort_graph_ops": ops[label],
                **{f"{key}_b{b}_ms": float(np.median(t)) for (m, key), t in times.items()
-                  if m == label}}
+                  if m == label},
+               **{f"{key}_b{b}_rounds_ms": t for (m, key), t in times.items() if m == label}}
         for rt in ("ort", "openvino"):
             if f"{rt}_int8_b{b}_ms" in row:
                 row[f"{rt}_int8_speedup"] = row[f"{rt}_fp32_b{b}_ms"] / row[f"{rt}_int8_b{b}_ms"]
@@ -598,8 +603,8 @@ def widths_markdown(result: dict) -> str:
         lines.append(f"| {r['experiment']} | {r['model']} | {_f(r['min_width_multiple'], 'd')} | "
                      f"{r['params']:,} | {r['macs']:,} | {r['macs_ratio']:.3f} | "
                      f"{r[f'ort_fp32_b{b}_ms']:.2f} | {r['ort_latency_ratio']:.3f} | "
-                     f"{r['ort_latency_over_macs']:.2f} | {r[f'openvino_fp32_b{b}_ms']:.2f} | "
-                     f"{r['openvino_latency_ratio']:.3f} | {r['openvino_latency_over_macs']:.2f} |")
+                     f"{_over_macs(r, 'ort')} | {r[f'openvino_fp32_b{b}_ms']:.2f} | "
+                     f"{r['openvino_latency_ratio']:.3f} | {_over_macs(r, 'openvino')} |")
     if "ort_int8_speedup" in rows[0]:
         lines += ["", f"| experiment | model | ORT int8 b{b} (ms) | ORT int8 speed-up | "
                   f"OpenVINO int8 b{b} (ms) | OpenVINO int8 speed-up |", "|---|---|---:|---:|---:|---:|"]
@@ -607,6 +612,13 @@ def widths_markdown(result: dict) -> str:
                   f"{r['ort_int8_speedup']:.2f}x | {r[f'openvino_int8_b{b}_ms']:.2f} | "
                   f"{r['openvino_int8_speedup']:.2f}x |" for r in rows]
     return "\n".join(lines)
+
+
+def _over_macs(row: dict, rt: str) -> str:
+    """A row's (latency / Psi) / (MACs / Psi): the median over rounds and its range."""
+    low, high = row.get(f"{rt}_latency_over_macs_range", (None, None))
+    spread = f" ({low:.2f}-{high:.2f})" if low is not None and row["model"] != "Psi" else ""
+    return f"{row[f'{rt}_latency_over_macs']:.2f}{spread}"
 
 
 INT8_RUNTIMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "executorch": "ExecuTorch"}

@@ -296,3 +296,4 @@ def test_a_rebuild_that_does_not_match_the_export_is_a_clear_error(runs, tmp_pat
     with pytest.raises(RsnetError, match=r"run/checkpoints/model.pt does not fit the model rebuilt "
                                          r"from its config.yaml and full widths \(no plan.json"):
         bench.rebuilt_run_model(d, cfg, data)
+
