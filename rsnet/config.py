@@ -80,6 +80,10 @@ class DistillConfig:
     # (distill.json). false = the plain log-sum-exp mapping (the old behaviour, kept for
     # comparison), whose misc mass over many out-of-scope classes teaches the student "misc".
     calibrate_misc: bool = True
+    # A finished run directory whose trained model is the teacher in place of the baseline,
+    # e.g. Psi fine-tuned on the same subset (recipe=finetune, same dataset.* settings and seed):
+    # its N outputs are the soft targets as they are (no mapping, no misc calibration).
+    teacher: Optional[str] = None
 
 
 @dataclass
@@ -275,7 +279,7 @@ NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "datas
 # out of the fingerprint while they hold it, so those run directories still resume.
 ADDED_KEYS = {"scaling.budget.runtime": "onnxruntime", "scaling.budget.threads": 1,
               "dataset.resize_size": None, "dataset.interpolation": None,
-              "model.arch.weights": None}
+              "model.arch.weights": None, "train.distill.teacher": None}
 
 
 def _dirname(override_dirname: str) -> str:

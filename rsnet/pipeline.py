@@ -29,6 +29,7 @@ from rsnet.config import ADDED_KEYS, IMAGENET_MEAN, IMAGENET_STD, NON_RESULT_KEY
 from rsnet.deploy import CALIB_METHODS
 from rsnet.errors import RsnetError
 from rsnet.models import has_trained_weights, pretrained_weights
+from rsnet.stages.runs import check_teacher_run
 from rsnet.stages import PIPELINE, Context
 from rsnet.stages.compress import method as compression_method
 from rsnet.train import check_select_on, resolve_runtime
@@ -139,9 +140,21 @@ def check_settings(cfg: DictConfig) -> None:
                          f"{', '.join(CALIB_METHODS)}")
     if cfg.export.exporter is not None and not cfg.export.latency.batch_sizes:
         raise RsnetError("export.latency.batch_sizes is empty: give at least one batch size, e.g. [1]")
-    if cfg.train.distill.enabled and not has_trained_weights(cfg.model):
+    check_distill(cfg)
+
+
+def check_distill(cfg: DictConfig) -> None:
+    """A teacher exists for train.distill.enabled=true: the run of train.distill.teacher, or the
+    trained baseline; a teacher run given without distillation is an error, not ignored."""
+    d = cfg.train.distill
+    if d.teacher is not None:
+        if not d.enabled:
+            raise RsnetError(f"train.distill.teacher={d.teacher} is set but "
+                             f"train.distill.enabled=false: enable distillation or drop the teacher")
+        check_teacher_run(d.teacher)
+    elif d.enabled and not has_trained_weights(cfg.model):
         raise RsnetError("train.distill.enabled=true needs a trained baseline as teacher: "
-                         "set model.checkpoint (or model.arch.weights)")
+                         "set model.checkpoint (or model.arch.weights), or train.distill.teacher")
 
 
 def use_weights_preprocessing(cfg: DictConfig) -> None:

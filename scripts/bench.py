@@ -702,46 +702,18 @@ def _run_dir_model(run_dir: Path, out: Path, args) -> tuple:
 
 def rebuilt_run_model(run_dir: Path, cfg, data) -> torch.nn.Module:
     """The trained model of a finished run as its export stage handed it to every runtime
-    (main logits, post-activation BNs folded): checkpoints/model.pt's weights in the structure
-    :func:`_run_architecture` rebuilds. ExecuTorch's programs are made from a torch model, not
-    from the ONNX file, so a rebuild that does not give export/model.onnx's logits on a few
-    test images (:func:`_check_rebuild`) is refused rather than silently benchmarked."""
+    (main logits, post-activation BNs folded), rebuilt by :func:`rsnet.stages.runs.trained_run_model`.
+    ExecuTorch's programs are made from a torch model, not from the ONNX file, so a rebuild
+    that does not give export/model.onnx's logits on a few test images (:func:`_check_rebuild`)
+    is refused rather than silently benchmarked."""
     from rsnet.deploy.fold import fold_post_activation_bn
     from rsnet.deploy.onnx_io import MainLogits
-    from rsnet.fileio import load_checkpoint_file
+    from rsnet.stages.runs import trained_run_model
 
-    net, source = _run_architecture(run_dir, cfg, data)
-    state = load_checkpoint_file(run_dir / "checkpoints" / "model.pt", "trained model")["state_dict"]
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise RsnetError(f"bench int8: {run_dir}/checkpoints/model.pt does not fit the model "
-                         f"rebuilt from its config.yaml and {source} "
-                         f"({str(e).strip().splitlines()[-1].strip()[:200]})") from e
+    net = trained_run_model(run_dir, cfg, data, "bench int8")
     net = fold_post_activation_bn(MainLogits(net).eval())
     _check_rebuild(net, run_dir, data)
     return net
-
-
-def _run_architecture(run_dir: Path, cfg, data) -> tuple[torch.nn.Module, str]:
-    """(the untrained structure of a run's trained model, what it was rebuilt from), as the
-    pipeline made it: a carved model (compression=prune, netadapt, morphnet) from
-    checkpoints/pruned.pt, else one built at plan.json's widths, else the full-width model
-    with the N-way head (the stages' own builders, :class:`rsnet.stages.context.Context`)."""
-    from rsnet.compress import load_pruned
-    from rsnet.models.widths import build_at_widths
-    from rsnet.plan.widthplan import WidthPlan
-    from rsnet.stages.context import Context
-    from rsnet.train import Runtime
-
-    ctx = Context(cfg, run_dir, Runtime(torch.device("cpu"), None, False), data=data)
-    pruned, plan = run_dir / "checkpoints" / "pruned.pt", run_dir / "plan.json"
-    if pruned.is_file():
-        return load_pruned(pruned, ctx.nway_arch, ctx.example()), "checkpoints/pruned.pt"
-    if plan.is_file():
-        return build_at_widths(cfg.model, data.num_outputs, WidthPlan.load(plan).widths(),
-                               ctx.untrained(len(data.base_class_names))), "plan.json"
-    return ctx.nway_arch(), "full widths (no plan.json, no checkpoints/pruned.pt)"
 
 
 @torch.no_grad()

@@ -216,8 +216,8 @@ def network(cfg: dict) -> tuple[float, str]:
         name += f", magnitude-pruned {conf(cfg, 'compression.sparsity.final_sparsity')}"
         name += CONSTANT if schedule(cfg) == "constant" else ""
     if conf(cfg, "train.distill.enabled"):  # a different recipe: its own row
-        rank += 0.25
-        name += ", distilled"
+        rank += 0.25 + 0.02 * bool(conf(cfg, "train.distill.teacher"))
+        name += FROM_RUN if conf(cfg, "train.distill.teacher") else ", distilled"
     name += data_setting(cfg)
     if augmentation(cfg) != "on":  # another training recipe: a row of its own
         rank += 0.05
@@ -235,6 +235,7 @@ EPOCHS_SUFFIX = re.compile(r", (\d+) epochs?$")
 
 
 CONSTANT = ", constant sparsity"
+FROM_RUN = ", distilled from a run"  # train.distill.teacher: a finished run's model taught it
 
 
 def data_setting(cfg: dict) -> str:
@@ -578,6 +579,8 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
         pairs += [("carved vs scratch", c, r) for c in carved for r in scratch]
         pairs += [("distilled vs not", c, row(c[3].removesuffix(", distilled")))
                   for c in carved if c[3].endswith(", distilled")]
+        pairs += [("teacher: a run vs Psi mapped", c, row(c[3].replace(FROM_RUN, ", distilled")))
+                  for c in carved if FROM_RUN in c[3]]
         pairs += [("more epochs vs the recipe's", c, row(EPOCHS_SUFFIX.sub("", c[3])))
                   for c in carved if EPOCHS_SUFFIX.search(c[3])]
         pairs += [("hardware widths vs thesis widths", r, row(re.sub(r", widths x\d+", "", r[3])))

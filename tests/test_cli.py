@@ -211,6 +211,33 @@ def test_distillation_without_a_teacher_names_the_setting(tmp_path):
     assert res.returncode == 2 and "model.checkpoint" in res.stderr
 
 
+def test_distillation_from_a_finished_run(tmp_path):
+    """train.distill.teacher: the model of a finished run on the same classes (here a full-width
+    one) teaches a scaled student as it is; a teacher on other classes, a directory that holds
+    no finished run, and a teacher without distillation each end with an error naming it."""
+    teacher = tmp_path / "teacher"
+    res = run(tmp_path, *TINY, "dataset.num_classes=4", "train.epochs=1", run_dir=teacher)
+    assert res.returncode == 0, res.stderr[-2000:]
+    student = (*TINY, "dataset.num_classes=4", "scaling=rs", "train.epochs=1",
+               "train.distill.enabled=true")
+    res = run(tmp_path, *student, f"train.distill.teacher={teacher}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    teacher_metrics = json.loads((teacher / "metrics.json").read_text())
+    assert metrics["distill/teacher_params"] == teacher_metrics["model/params"] > metrics["model/params"]
+    assert f"distillation: teacher {teacher}" in (tmp_path / "run" / "run.log").read_text()
+    other = run(tmp_path, *TINY, "dataset.num_classes=3", "scaling=rs", "train.epochs=1",
+                "train.distill.enabled=true", f"train.distill.teacher={teacher}",
+                run_dir=tmp_path / "other")
+    assert other.returncode == 2 and "train.distill.teacher" in other.stderr
+    assert "classes differ" in other.stderr and not (tmp_path / "other" / "metrics.json").exists()
+    empty = run(tmp_path, *student, f"train.distill.teacher={tmp_path / 'nothing'}",
+                run_dir=tmp_path / "empty")
+    assert empty.returncode == 2 and "not a finished run directory" in empty.stderr
+    off = run(tmp_path, *TINY, f"train.distill.teacher={teacher}", run_dir=tmp_path / "off")
+    assert off.returncode == 2 and "train.distill.enabled=false" in off.stderr
+
+
 def test_pruning_to_the_plan_realises_it_and_resumes(tmp_path):
     args = (*TINY, "dataset.num_classes=4", "scaling=rs", "compression=prune",
             "compression/criterion=l1", "compression.steps=2", "train.epochs=1")

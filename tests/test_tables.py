@@ -371,6 +371,30 @@ def test_distilled_and_misc_multiplier_runs_are_rows_of_their_own(tmp_path):
     assert "| 2 | 0.0950 |" in pair  # mean of 0.10 and 0.09
 
 
+def test_a_carve_distilled_from_a_run_is_paired_with_the_carve_distilled_from_psi(tmp_path):
+    """train.distill.teacher (e.g. the fine-tuned Psi) makes another recipe: its own row, paired
+    seed by seed with the carve distilled from Psi mapped, and with the ceiling like any carve."""
+    sweep = tmp_path / "sweep"
+    for seed, (mapped, from_run) in enumerate([(0.70, 0.76), (0.72, 0.77), (0.71, 0.79)]):
+        for name, acc, teacher in (("kd", mapped, None), ("kd_run", from_run, f"/runs/ft{seed}")):
+            d = sweep / f"{name}{seed}"
+            thesis_run(d, compression="prune", seed=seed, metrics={**COMMON, "test/acc_local": acc})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["train"] = {"distill": {"enabled": True, "teacher": teacher}}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        thesis_run(sweep / f"psi_ft{seed}", "none", seed=seed,
+                   metrics={**COMMON, "test/acc_local": 0.80})
+    res = stats_cli(sweep, "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    carved = "Psi' (rs), carved (l1) + fine-tuned"
+    assert [r[3] for r in md_rows(res.stdout, 0)] == [
+        f"{carved}, distilled", f"{carved}, distilled from a run", "full width, fine-tuned"]
+    pairs = {(r[4], r[5], r[7]): r for r in md_rows(res.stdout, 1)}
+    teacher = pairs["teacher: a run vs Psi mapped", f"{carved}, distilled from a run", "test/acc_local"]
+    assert teacher[6] == f"{carved}, distilled" and teacher[8:10] == ["3", "0.0633"]
+    assert ("Psi' vs Psi fine-tuned", f"{carved}, distilled from a run", "test/acc_local") in pairs
+
+
 def test_learning_curves_of_a_finished_and_a_running_run(tmp_path):
     import torch
     rows = [{"epoch": e, "train/loss": 5.0 - e, "train/acc": 0.1 * e, "val/acc": 0.05 * e,

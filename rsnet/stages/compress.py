@@ -97,7 +97,8 @@ def run(ctx: Context) -> None:
     cfg = ctx.cfg
     if has_trained_weights(cfg.model):  # kept unchanged: the teacher, and Psi beside Psi' in the export
         ctx.baseline = copy.deepcopy(ctx.model)
-        ctx.teacher = ctx.baseline if cfg.train.distill.enabled else None
+        d = cfg.train.distill  # a teacher run (train.distill.teacher) replaces the baseline
+        ctx.teacher = ctx.baseline if d.enabled and d.teacher is None else None
     method(cfg).run(ctx)
 
 

@@ -18,6 +18,7 @@ from rsnet.plan import check_plan_cost
 from rsnet.compress.sparsity import MagnitudePruner
 from rsnet.data import DataBundle
 from rsnet.errors import RsnetError
+from rsnet.stages.runs import teacher_run_model
 from rsnet.stages.context import Context
 from rsnet.train import Runtime, fit, make_loader, predict
 from rsnet.fileio import atomic_torch_save, atomic_write_json, load_checkpoint_file
@@ -87,9 +88,17 @@ def magnitude_pruner(ctx: Context, model: torch.nn.Module) -> MagnitudePruner:
 
 def distillation(ctx: Context) -> DistillationLoss:
     """The loss that distils the baseline (``ctx.teacher``) into the model; with a misc
-    class, the teacher's misc logit is first calibrated on validation (distill.json)."""
+    class, the teacher's misc logit is first calibrated on validation (distill.json). With
+    ``train.distill.teacher``, the model of that finished run, whose N outputs are the
+    student's, as it is."""
     cfg, data, rt = ctx.cfg, ctx.data, ctx.rt
     d = cfg.train.distill  # a teacher exists: see pipeline.check_settings
+    if d.teacher is not None:
+        teacher = teacher_run_model(d.teacher, data)
+        log.info("distillation: teacher %s (%s parameters)", d.teacher,
+                 f"{sum(p.numel() for p in teacher.parameters()):,}")
+        ctx.metrics["distill/teacher_params"] = sum(p.numel() for p in teacher.parameters())
+        return DistillationLoss(rt.prepare(teacher), d.temperature, d.alpha)
     teacher, bias = rt.prepare(ctx.teacher), 0.0
     path = ctx.run_dir / "distill.json"
 

@@ -16,6 +16,8 @@
 #      docs/bench/widths.json);
 #   6. what closes the gap to the ceiling: the distilled carve fine-tuned 3x as long
 #      (GAP_EPOCHS, the from-scratch rows' epochs), and at lambda = 0.25 (the thesis's "25p");
+#   7. the distilled carve with the ceiling of the same N and seed (step 3) as its teacher
+#      (train.distill.teacher) in place of Psi mapped to N outputs: a specialised teacher;
 # then the thesis tables and the statistics over seeds (results/specialise/<family>/).
 # Every run resumes from its run directory if killed; rerun the same command.
 #   PSI_googlenet=path.pt PSI_mobilenet=path.pt RUNS=/work/runs bash scripts/evidence/specialise.sh
@@ -45,6 +47,12 @@ for f in $FAMILIES; do
     $sweep "$dir" dataset.num_classes=$NS recipe=scratch scaling=rs,uniform train.epochs=$SCRATCH_EPOCHS
     $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$SCRATCH_EPOCHS
     $sweep "$dir" dataset.num_classes=$NS recipe=carve train.epochs=$FT_EPOCHS scaling.budget.lam=0.25
+    for n in ${NS//,/ }; do for s in ${SEEDS//,/ }; do  # 7: one run per ceiling
+        ceiling=$(ls -d "$RUNS/specialise_$f"/dataset.num_classes=$n,*recipe=finetune,seed=$s,train.epochs=$FT_EPOCHS)
+        python scripts/run.py experiment=${f}_rs model.checkpoint=$psi seed=$s progress=false ${EXTRA:-} \
+            dataset.num_classes=$n recipe=carve train.epochs=$FT_EPOCHS "train.distill.teacher='$ceiling'" \
+            "hydra.run.dir='$RUNS/specialise_$f/dataset.num_classes=$n,recipe=carve,seed=$s,teacher=ceiling'"
+    done; done
     # the finished runs' records, merged with any kept from an earlier machine's run directories
     out=results/specialise/$f
     python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) "$RUNS/specialise_$f" \
