@@ -5,14 +5,14 @@ import argparse
 
 import pytest
 
-from test_tables import load_script
+from test_tables import load_benchmark
 
 
 def test_bench_widths_pairs_psi_prime_with_psi_round_by_round(monkeypatch):
     """scripts/bench.py widths: Psi' / Psi is taken within each timing round, so a round in
     which the whole machine is twice as slow leaves the ratio alone; the table shows the
     median and the range over the rounds."""
-    bench = load_script("bench")
+    bench = load_benchmark("widths")
     psi = {"experiment": "e", "model": "Psi", "params": 100, "macs": 1000,
            "min_width_multiple": None, "ort_fp32_b32_ms": 10.0, "openvino_fp32_b32_ms": 8.0,
            "ort_fp32_b32_rounds_ms": [10.0, 20.0, 10.0], "openvino_fp32_b32_rounds_ms": [8.0, 8.0, 16.0]}

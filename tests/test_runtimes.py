@@ -153,9 +153,9 @@ def test_bench_int8_reports_each_runtime_against_its_own_fp32(files, tmp_path):
     from rsnet.config import DatasetConfig
     from rsnet.data import build_data
     from rsnet.data.loader import BatchLoader
-    from test_tables import load_script
+    from test_tables import load_benchmark
 
-    bench = load_script("bench")
+    bench = load_benchmark("int8")
     data = build_data(OmegaConf.merge(OmegaConf.structured(DatasetConfig(name="synthetic", source={
         "_target_": "rsnet.data.sources.Synthetic", "num_classes": 5, "train_per_class": 10,
         "test_per_class": 12, "size": SIZE})), {"mean": [0.5] * 3, "std": [0.25] * 3}))
@@ -245,9 +245,9 @@ def test_bench_int8_rebuilds_a_run_s_model_as_it_was_exported(runs):
 
     from rsnet.data import build_data
     from rsnet.data.loader import BatchLoader
-    from test_tables import load_script
+    from test_tables import load_benchmark
 
-    bench = load_script("bench")
+    bench = load_benchmark("int8")
     assert (runs / "plan" / "plan.json").is_file() and not (runs / "full" / "plan.json").exists()
     assert (runs / "carve" / "checkpoints" / "pruned.pt").is_file()
     for name in ("plan", "carve", "full"):
@@ -276,9 +276,9 @@ def test_a_rebuild_that_does_not_match_the_export_is_a_clear_error(runs, tmp_pat
     from omegaconf import OmegaConf
 
     from rsnet.data import build_data
-    from test_tables import load_script
+    from test_tables import load_benchmark
 
-    bench = load_script("bench")
+    bench = load_benchmark("int8")
     d = tmp_path / "run"
     shutil.copytree(runs / "plan", d)
     cfg = OmegaConf.load(d / "config.yaml")

@@ -99,6 +99,13 @@ def load_script(name: str):
     return module
 
 
+def load_benchmark(name: str):
+    """scripts/benchmarks/<name>.py, imported as scripts/bench.py imports it (scripts/ on the path)."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
 def load_tables():
     return load_script("tables")
 
@@ -414,7 +421,7 @@ def test_learning_curves_of_a_finished_and_a_running_run(tmp_path):
 
 
 def test_bench_deploy_compares_int8_with_the_same_runtime_and_psi_prime_with_psi():
-    bench = load_script("bench")
+    bench = load_benchmark("deploy")
     psi = {"run": "psi", "model/macs": 1000, "test/acc": 0.8, "onnx/test/acc": 0.8,
            "int8/test/acc": 0.79, "latency/torch_fp32_b1_ms": 10.0, "latency/ort_fp32_b1_ms": 4.0,
            "latency/ort_int8_b1_ms": 5.0, "latency/openvino_fp32_b1_ms": 2.0,
