@@ -64,7 +64,10 @@ COLUMNS = {
               ("KD", "cfg:train.distill.enabled"),
               ("params", "model/params"), ("MACs", "model/macs"), ("epochs", "train/epochs"),
               ("test acc", "test/acc"), ("baseline test acc", "baseline/test/acc"),
-              ("train time (s)", "train/time_s")],
+              ("train time (s)", "train/time_s"), ("steps", "prune/steps"),
+              ("int8 test acc", "int8/test/acc"), ("ONNX bytes", "export/onnx_bytes"),
+              ("int8 bytes", "int8/bytes"), ("ORT fp32 b1 (ms)", "latency/ort_fp32_b1_ms"),
+              ("ORT int8 b1 (ms)", "latency/ort_int8_b1_ms")],
     "runs": [("run", None), ("model", "model/name"), ("N", "data/num_outputs"),
              ("policy", "plan/policy"), ("params", "model/params"), ("MACs", "model/macs"),
              ("test acc", "test/acc"), ("local", "test/acc_local"), ("global", "test/acc_global"),
@@ -208,6 +211,10 @@ def network(cfg: dict) -> tuple[float, str]:
         name = ("Psi' (rs)" if policy == "rs" else policy) + (
             f", carved ({criterion(cfg)}) + fine-tuned" if comp == "prune"
             else ", from scratch")
+        steps = conf(cfg, "compression.steps") or 1
+        if comp == "prune" and steps > 1:  # iterative: prune, fine-tune, repeat - another recipe
+            rank += 0.03
+            name += f", {steps} steps"
         multiple = conf(cfg, "scaling.widths.round_to")
         if multiple:  # a deployment target's widths (target=x86_avx512): another plan
             name += f", widths x{multiple}"
@@ -585,6 +592,9 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
                   for c in carved if EPOCHS_SUFFIX.search(c[3])]
         pairs += [("hardware widths vs thesis widths", r, row(re.sub(r", widths x\d+", "", r[3])))
                   for r in rounded]
+        pairs += criterion_pairs(carved, row)
+        pairs += [(TAUGHT, r, row(r[3].replace(FROM_RUN, ""))) for r in rows
+                  if here(r) and FROM_RUN in r[3] and r not in carved]
         for best in carved or scratch:
             pairs += [("Psi' vs Psi fine-tuned", best, ceiling),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
@@ -595,6 +605,33 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
                   for m in [re.search(r", misc x([\d.]+)", r[3])] if m]
         out += [p for p in pairs if p[1] and p[2]]
     return out
+
+
+STEPS_SUFFIX = re.compile(r", (\d+) steps")
+CARVED_BY = re.compile(r"carved \(([^)]+)\)")
+
+
+TAUGHT = "distilled from a run vs not"  # e.g. a network trained from scratch, with a teacher
+
+
+def plain_accuracy_pair(name: str) -> bool:
+    """A comparison of pruning recipes (:func:`criterion_pairs`) or of a network trained with and
+    without a teacher run, judged on plain (and int8) accuracy too: all classes, no misc."""
+    return name in ("iterative vs one-shot", TAUGHT) or name.endswith((" vs l1", " vs random"))
+
+
+def criterion_pairs(carved: list[Row], row) -> list[tuple[str, Row | None, Row | None]]:
+    """Among carved rows: each criterion against L1 and against random pruning with the same
+    recipe, and iterative pruning (", K steps") against one-shot with the same criterion."""
+    pairs = []
+    for c in carved:
+        crit = CARVED_BY.search(c[3]).group(1)
+        others = {"l1": [], "random": ["l1"]}.get(crit, ["l1", "random"])  # each pair once
+        pairs += [(f"{crit} vs {other}", c, row(CARVED_BY.sub(f"carved ({other})", c[3])))
+                  for other in others]
+        if STEPS_SUFFIX.search(c[3]):
+            pairs.append(("iterative vs one-shot", c, row(STEPS_SUFFIX.sub("", c[3]))))
+    return pairs
 
 
 def magnitude_pairs(networks: list[str], row) -> list[tuple[str, Row | None, Row | None]]:
@@ -628,7 +665,7 @@ def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     table = []
     for name, a, b in comparisons(list(groups)):
         sa, sb = groups[a], groups[b]
-        for k in SPARSE_PAIR_METRICS if name in SPARSE_PAIRS else PAIR_METRICS:
+        for k in SPARSE_PAIR_METRICS if name in SPARSE_PAIRS or plain_accuracy_pair(name) else PAIR_METRICS:
             xa = {s: m[k] for s, m in sa.items() if number(m.get(k))}
             xb = {s: m[k] for s, m in sb.items() if number(m.get(k))}
             if not xa or not xb:  # a metric one row never has (e.g. runs from before it existed)

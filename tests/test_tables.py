@@ -402,6 +402,56 @@ def test_a_carve_distilled_from_a_run_is_paired_with_the_carve_distilled_from_ps
     assert ("Psi' vs Psi fine-tuned", f"{carved}, distilled from a run", "test/acc_local") in pairs
 
 
+def test_pruning_criteria_are_paired_with_l1_and_random_and_iterative_with_one_shot(tmp_path):
+    """The feature-map study's comparisons (scripts/evidence/vgg_featuremap.sh): a criterion
+    against L1 and random pruning, random against L1 (once), and K-step iterative pruning
+    against one-shot with the same criterion, on plain accuracy too; steps make a row."""
+    sweep = tmp_path / "sweep"
+    acc = {("hrank", 1): 0.90, ("l1", 1): 0.89, ("random", 1): 0.87, ("hrank", 4): 0.91}
+    for seed, shift in enumerate((0.0, 0.01, -0.005)):
+        for (crit, steps), a in acc.items():
+            d = sweep / f"{crit}{steps}_{seed}"
+            thesis_run(d, compression="prune", seed=seed,
+                       metrics={**COMMON, "test/acc": a + shift * (crit == "hrank")})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["compression"] = {"name": "prune", "criterion": {"name": crit}, "steps": steps}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = stats_cli(sweep)
+    assert res.returncode == 0, res.stderr
+    carved = "Psi' (rs), carved ({}) + fine-tuned"
+    assert carved.format("hrank") + ", 4 steps" in {r[3] for r in md_rows(res.stdout, 0)}
+    pairs = {(r[4], r[5], r[7]): r for r in md_rows(res.stdout, 1)}
+    names = {k[0] for k in pairs}
+    assert {"hrank vs l1", "hrank vs random", "random vs l1", "iterative vs one-shot"} <= names
+    assert "l1 vs random" not in names and "random vs random" not in names
+    vs_l1 = pairs["hrank vs l1", carved.format("hrank"), "test/acc"]
+    assert vs_l1[6] == carved.format("l1") and vs_l1[8:10] == ["3", "0.0117"]  # 0.01 + 0.005/3
+    iterative = pairs["iterative vs one-shot", carved.format("hrank") + ", 4 steps", "test/acc"]
+    assert iterative[6] == carved.format("hrank") and iterative[8:10] == ["3", "0.0100"]
+    assert iterative[12] == "A > B"
+
+
+def test_a_network_taught_by_a_run_is_paired_with_the_same_network_untaught(tmp_path):
+    """scripts/evidence/kd_cifar.sh: a network trained with a teacher run (train.distill.teacher)
+    against the same network and recipe without one, seed by seed, on plain and int8 accuracy."""
+    sweep = tmp_path / "sweep"
+    for seed, (plain, taught) in enumerate([(0.80, 0.83), (0.81, 0.83)]):
+        for name, acc, teacher in (("plain", plain, None), ("kd", taught, "/runs/teacher")):
+            d = sweep / f"{name}{seed}"
+            thesis_run(d, "none", seed=seed,
+                       metrics={**COMMON, "test/acc": acc, "int8/test/acc": acc - 0.01})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["train"] = {"distill": {"enabled": teacher is not None, "teacher": teacher}}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = stats_cli(sweep)
+    assert res.returncode == 0, res.stderr
+    pairs = {(r[4], r[7]): r for r in md_rows(res.stdout, 1)}
+    for metric in ("test/acc", "int8/test/acc"):
+        taught = pairs["distilled from a run vs not", metric]
+        assert taught[5:7] == ["full width, fine-tuned, distilled from a run", "full width, fine-tuned"]
+        assert taught[8:10] == ["2", "0.0250"]
+
+
 def test_learning_curves_of_a_finished_and_a_running_run(tmp_path):
     import torch
     rows = [{"epoch": e, "train/loss": 5.0 - e, "train/acc": 0.1 * e, "val/acc": 0.05 * e,

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Feature-map filter pruning of VGG-16 on CIFAR-10 (issue 17, item 1: the edge-deployment
+# proposal). A CIFAR VGG-16 (BN) trained from scratch on CIFAR-10 (JPEG) for BASE_EPOCHS epochs
+# (experiment=vgg16_cifar_baseline; the proposal's bar is 88 % test accuracy: the script stops
+# if the baseline is below it), then half of its MACs carved out (experiment=vgg16_prune_half)
+# by the feature-map criteria HRank, APoZ and mean activation against L1 and random pruning,
+#   one-shot (compression.steps=1) and iterative (ITER_STEPS steps, one fine-tuning epoch
+#   between them), each fine-tuned FT_EPOCHS epochs and exported to ONNX fp32 and static int8,
+# seeds SEEDS (three: the comparisons get 95 % intervals); then the tables:
+#   results/vgg16_featuremap/prune.md/.csv  every run: params, MACs, test accuracy fp32 / int8,
+#                                           file sizes, ORT batch-1 latency
+#   results/vgg16_featuremap/stats.md       every recipe over seeds; pairs "<criterion> vs l1",
+#                                           "<criterion> vs random", "iterative vs one-shot"
+#   results/vgg16_featuremap/runs.jsonl     the finished runs' records (tables.py records)
+# Every run resumes from its run directory; rerun the same command after a kill.
+#   RUNS=/work/runs bash scripts/evidence/vgg_featuremap.sh
+# EXTRA="train.threads=1" adds overrides that do not change results.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BASE_EPOCHS=${BASE_EPOCHS:-30}
+FT_EPOCHS=${FT_EPOCHS:-5}
+ITER_STEPS=${ITER_STEPS:-4}
+SEEDS=${SEEDS:-0,1,2}
+CRITERIA=${CRITERIA:-hrank,apoz,mean_activation,l1,random}
+RUNS=${RUNS:-outputs/multirun}
+dir=$RUNS/vgg16_featuremap
+out=results/vgg16_featuremap
+python scripts/run.py experiment=vgg16_cifar_baseline train.epochs=$BASE_EPOCHS progress=false ${EXTRA:-} \
+    hydra.run.dir=$dir/baseline
+python - "$dir/baseline/metrics.json" <<'PY'
+import json, sys
+acc = json.load(open(sys.argv[1]))["test/acc"]
+sys.exit(0 if acc >= 0.88 else f"{sys.argv[1]}: VGG-16 test accuracy {acc:.4f} is below the "
+         f"proposal's 0.88: train it longer (BASE_EPOCHS) before pruning")
+PY
+sweep="python scripts/run.py -m experiment=vgg16_prune_half model.checkpoint=$dir/baseline/checkpoints/model.pt \
+    train.epochs=$FT_EPOCHS seed=$SEEDS progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned"
+$sweep compression/criterion=$CRITERIA compression.steps=1
+$sweep compression/criterion=$CRITERIA compression.steps=$ITER_STEPS
+mkdir -p $out
+python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/pruned \
+    --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
+python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
+python scripts/tables.py stats $out/runs.jsonl --out $out
