@@ -599,9 +599,10 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
             pairs += [("Psi' vs Psi fine-tuned", best, ceiling),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
         pairs += magnitude_pairs([r[3] for r in rows if here(r)], row)
-        # dataset.misc_multiplier: K times as many misc training images against 1 (same recipe)
+        # dataset.misc_multiplier: K times as many misc training images against 1 (same recipe;
+        # not for Psi mapped, which is not trained on them)
         pairs += [(f"misc x{m.group(1)} vs x1", r, row(r[3].replace(m.group(0), "")))
-                  for r in rows if here(r)
+                  for r in rows if here(r) and not r[3].startswith(PSI_MAPPED)
                   for m in [re.search(r", misc x([\d.]+)", r[3])] if m]
         out += [p for p in pairs if p[1] and p[2]]
     return out

@@ -268,6 +268,8 @@ def test_misc_multipliers_are_paired_with_one_misc_image_per_in_scope_image(tmp_
     assert x3[5:7] == ["Psi' (rs), carved (l1) + fine-tuned, misc x3", "Psi' (rs), carved (l1) + fine-tuned"]
     assert x3[8:10] == ["3", "-0.0433"]  # (-0.04 - 0.05 - 0.04) / 3
     assert x9[8:10] == ["3", "-0.1000"] and x9[12] == "A < B"
+    # Psi mapped is not trained on the misc images: no multiplier pair of its own
+    assert not [r for r in md_rows(res.stdout, 1) if r[4].startswith("misc x") and r[5].startswith("Psi (")]
 
 
 def test_paired_interval_is_the_student_t_interval():
