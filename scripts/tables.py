@@ -610,8 +610,6 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
 
 STEPS_SUFFIX = re.compile(r", (\d+) steps")
 CARVED_BY = re.compile(r"carved \(([^)]+)\)")
-
-
 TAUGHT = "distilled from a run vs not"  # e.g. a network trained from scratch, with a teacher
 
 

@@ -95,9 +95,8 @@ def distillation(ctx: Context) -> DistillationLoss:
     d = cfg.train.distill  # a teacher exists: see pipeline.check_settings
     if d.teacher is not None:
         teacher = teacher_run_model(d.teacher, data)
-        log.info("distillation: teacher %s (%s parameters)", d.teacher,
-                 f"{sum(p.numel() for p in teacher.parameters()):,}")
-        ctx.metrics["distill/teacher_params"] = sum(p.numel() for p in teacher.parameters())
+        params = ctx.metrics["distill/teacher_params"] = sum(p.numel() for p in teacher.parameters())
+        log.info("distillation: teacher %s (%s parameters)", d.teacher, f"{params:,}")
         return DistillationLoss(rt.prepare(teacher), d.temperature, d.alpha)
     teacher, bias = rt.prepare(ctx.teacher), 0.0
     path = ctx.run_dir / "distill.json"
