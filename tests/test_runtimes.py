@@ -261,7 +261,11 @@ def test_bench_int8_rebuilds_a_run_s_model_as_it_was_exported(runs):
         assert got.shape == (len(data.test), 4) and (got - ref).abs().max().item() < 1e-4, name
     args = argparse.Namespace(experiments=[], run_dirs=[str(runs / "plan"), str(runs / "carve")],
                               latency_batch=4, repeats=1, runtimes=["ort", "executorch"])
-    for row in bench.bench_int8(args)["rows"]:
+    rows = bench.bench_int8(args)["rows"]
+    # a run's row names its experiment (the family) as well as its directory's overrides
+    cfg_name = OmegaConf.load(runs / "plan" / "config.yaml").name
+    assert [r["model"] for r in rows] == [f"{cfg_name} Psi' (plan)", f"{cfg_name} Psi' (carve)"]
+    for row in rows:
         assert abs(row["executorch_fp32_acc"] - row["ort_fp32_acc"]) <= 1 / row["test_images"] + 1e-9
         assert row["executorch_fp32_b4_ms"] > 0 and "openvino_fp32_acc" not in row
         # XNNPACK cannot compile the carved ResNet's int8 zero-padded shortcut (a StaticConstantPad

@@ -92,7 +92,7 @@ def _run_dir_model(run_dir: Path, out: Path, args) -> tuple:
     data, size = build_data(cfg.dataset), cfg.model.input_size
     net = rebuilt_run_model(run_dir, cfg, data) if "executorch" in args.runtimes else None
     files = _runtime_files(onnx, net, size, _int8_calibration(cfg, data), args, out)
-    return run_label(run_dir.name), files, data, size
+    return f"{cfg.name} Psi' ({run_label(run_dir.name)})", files, data, size
 
 
 def rebuilt_run_model(run_dir: Path, cfg, data) -> torch.nn.Module:
@@ -133,7 +133,10 @@ def run_label(dirname: str) -> str:
     ``enabled``), model.checkpoint left out (e.g. ``num_classes=10,recipe=carve,distill=True``)."""
     parts = []
     for item in dirname.split(","):
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq:  # not an override: a directory named by hand
+            parts.append(item)
+            continue
         if key == "model.checkpoint":
             continue
         *parents, leaf = key.split(".")
