@@ -24,7 +24,8 @@ def fake_run(path, name, metrics=None):
 
 def test_missing_runs_are_marked_missing(tmp_path):
     fake_run(tmp_path / "sweep" / "compression_criterion=l1", "p",
-             {"prune/criterion": "l1", "prune/init": "inherit", "model/params": 1234, "test/acc": 0.5})
+             {"prune/criterion": "l1", "prune/init": "inherit", "model/params": 1234, "test/acc": 0.5,
+              "plan/latency_predicted_ms": 0.4123})
     fake_run(tmp_path / "sweep" / "compression_criterion=taylor", "p")  # killed before the report
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "prune",
                           str(tmp_path / "sweep"), "--csv", str(tmp_path / "t.csv")],
@@ -33,6 +34,7 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert len(lines) == 2
     l1, taylor = sorted(lines)
     assert "| l1 | inherit | no | 1,234 |" in l1 and "0.5000" in l1
+    assert l1.endswith("| 0.4123 | missing |")  # a latency plan's prediction; no NetAdapt table
     assert "| taylor |" in taylor and taylor.count("missing") >= 5 and "0.0" not in taylor
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 
