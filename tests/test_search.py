@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 import torch
 import torch.nn.functional as F
 
@@ -76,6 +77,11 @@ def test_netadapt_cuts_measured_latency_and_stops_at_the_target(tmp_path):
     assert metrics["netadapt/final"] == steps[-1]["resource"]
     assert metrics[f"netadapt/step{len(steps)}/group"] == steps[-1]["group"]
     assert metrics["prune/steps"] == len(steps) and metrics["plan/macs"] == plan.predicted["macs"]
+    # the search's own training, for comparisons at equal compute: 2 steps of a batch per proposal
+    proposals = sum(len(s["proposals"]) for s in steps)
+    assert metrics["netadapt/proposals"] == proposals >= len(steps)
+    batch = OmegaConf.load(d / "config.yaml").train.batch_size
+    assert metrics["netadapt/short_term_images"] == proposals * 2 * batch
 
 
 @pytest.mark.integration

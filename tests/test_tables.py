@@ -34,7 +34,7 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert len(lines) == 2
     l1, taylor = sorted(lines)
     assert "| l1 | inherit | no | 1,234 |" in l1 and "0.5000" in l1
-    assert l1.endswith("| 0.4123 | missing |")  # a latency plan's prediction; no NetAdapt table
+    assert l1.endswith("| 0.4123 | missing | missing | missing |")  # a latency plan's prediction
     assert "| taylor |" in taylor and taylor.count("missing") >= 5 and "0.0" not in taylor
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 

@@ -91,6 +91,11 @@ class _Search:
         """Flat metrics (metrics.json) of the method's record (netadapt.json / morphnet.json)."""
         raise NotImplementedError
 
+    def search_cost(self, record: dict, cfg: DictConfig) -> dict:
+        """Training the search spent outside ``train.epochs`` (metrics), for comparisons at
+        equal compute; none unless a method says so."""
+        return {}
+
     def run(self, ctx: Context) -> None:
         ctx.model, ctx.plan, found = stage_search(ctx, self)
         ctx.metrics.update(found)
@@ -136,6 +141,14 @@ class NetAdapt(_Search):
             out.update({f"netadapt/step{i}/group": s["group"], f"netadapt/step{i}/width": s["width_to"],
                         f"netadapt/step{i}/resource": s["resource"], f"netadapt/step{i}/score": s["score"]})
         return out
+
+    def search_cost(self, record: dict, cfg: DictConfig) -> dict:
+        """Every proposal got ``short_term_iters`` steps of ``train.batch_size`` images (and one
+        pass over the validation split to be scored)."""
+        proposals = sum(len(s["proposals"]) for s in record["steps"])
+        return {"netadapt/proposals": proposals,
+                "netadapt/short_term_images": proposals * cfg.compression.netadapt.short_term_iters
+                * cfg.train.batch_size}
 
 
 class MorphNet(_Search):
@@ -321,9 +334,10 @@ def _morphnet(cfg: DictConfig, model: nn.Module, data: DataBundle, rt: Runtime, 
     return model, widths, budget, record
 
 
-def found(method: _Search, record: dict, comp: DictConfig) -> dict:
+def found(method: _Search, record: dict, cfg: DictConfig) -> dict:
+    comp = cfg.compression
     return {"prune/criterion": comp.criterion.name, "prune/init": comp.init,
-            **method.metrics(record)}
+            **method.metrics(record), **method.search_cost(record, cfg)}
 
 
 def stage_search(ctx: Context, method: _Search) -> tuple[nn.Module, WidthPlan, dict]:
@@ -346,7 +360,7 @@ def stage_search(ctx: Context, method: _Search) -> tuple[nn.Module, WidthPlan, d
         record = json.loads(record_path.read_text())
         plan = WidthPlan.load(plan_path)
         return (rt.prepare(load_pruned(final, ctx.nway_arch, example)), plan,
-                {**plan_metrics(plan), **found(method, record, comp)})
+                {**plan_metrics(plan), **found(method, record, cfg)})
     model, widths, budget, record = method.find(ctx, model, graph, example, base_cost)
     scaler = Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), bottleneck=False)
     plan = scaler.plan_from_group_widths(widths, method.name, budget, base_cost)
@@ -359,4 +373,4 @@ def stage_search(ctx: Context, method: _Search) -> tuple[nn.Module, WidthPlan, d
     save_pruned(final, model, plan.widths(), {"method": method.name, "criterion": comp.criterion.name,
                                               "init": comp.init})
     return (rt.prepare(model), plan,
-            {**plan_metrics(plan), **found(method, record, comp)})
+            {**plan_metrics(plan), **found(method, record, cfg)})
