@@ -7,6 +7,9 @@
 #             (scaling.budget.unit=latency, rule=ratio, value=0.5), L1 carves the plan;
 #   NetAdapt  one width group per step, every proposal short-term fine-tuned (50 steps), until
 #             the table says half the starting latency (compression=netadapt, target_ratio=0.5).
+#   one-shot at equal compute: the same, fine-tuned EQUAL_EPOCHS epochs: NetAdapt's short-term
+#             fine-tuning (metric netadapt/short_term_images: about 63 proposals x 50 x 128
+#             images) plus its FT_EPOCHS, about 11 epochs of 44,928 images.
 # The export stage of every run measures the result the same way (latency/ort_fp32_b1_ms with
 # export.latency.threads=1). Then results/latency_planning/prune.md/.csv (params, MACs, test
 # accuracy, latency, time) and runs.jsonl. Every run resumes from its run directory.
@@ -15,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE_EPOCHS=${BASE_EPOCHS:-4}
 FT_EPOCHS=${FT_EPOCHS:-2}
+EQUAL_EPOCHS=${EQUAL_EPOCHS:-11}
 SEEDS=${SEEDS:-0,1,2}
 RUNS=${RUNS:-outputs/multirun}
 WRN="model.arch.depth=16 model.arch.widen_factor=2"
@@ -23,13 +27,15 @@ out=results/latency_planning
 python scripts/run.py experiment=wrn_cifar_baseline $WRN train.epochs=$BASE_EPOCHS progress=false ${EXTRA:-} \
     hydra.run.dir=$dir/baseline
 common="experiment=wrn_prune_half $WRN model.checkpoint=$dir/baseline/checkpoints/model.pt \
-    train.epochs=$FT_EPOCHS seed=$SEEDS progress=false export=onnx export.latency.threads=1 ${EXTRA:-}"
-python scripts/run.py -m $common scaling.budget.unit=latency scaling.budget.rule=ratio \
-    scaling.budget.value=0.5 scaling.budget.threads=1 hydra.sweep.dir=$dir/oneshot
-python scripts/run.py -m $common compression=netadapt scaling=none compression.netadapt.target_ratio=0.5 \
+    seed=$SEEDS progress=false export=onnx export.latency.threads=1 ${EXTRA:-}"
+oneshot="$common scaling.budget.unit=latency scaling.budget.rule=ratio scaling.budget.value=0.5 \
+    scaling.budget.threads=1"
+python scripts/run.py -m $oneshot train.epochs=$FT_EPOCHS hydra.sweep.dir=$dir/oneshot
+python scripts/run.py -m $common train.epochs=$FT_EPOCHS compression=netadapt scaling=none compression.netadapt.target_ratio=0.5 \
     compression.netadapt.init_reduction=0.08 compression.netadapt.short_term_iters=50 \
     hydra.sweep.dir=$dir/netadapt
+python scripts/run.py -m $oneshot train.epochs=$EQUAL_EPOCHS hydra.sweep.dir=$dir/oneshot_equal
 mkdir -p $out
 python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/oneshot \
-    $dir/netadapt --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
+    $dir/netadapt $dir/oneshot_equal --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
 python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
