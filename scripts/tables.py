@@ -208,7 +208,11 @@ def recipe_epochs() -> dict[str, int]:
 def network(cfg: dict) -> tuple[float, str]:
     """(sort rank, name) of what a run built, from its config (a missing run has no metrics)."""
     policy, comp = conf(cfg, "scaling.name") or "none", conf(cfg, "compression.name")
-    if policy == "none":
+    if comp in SEARCHES:  # the search chose the widths (scaling=none) and carved them
+        rank = 4.5
+        name = SEARCHES[comp] + (f" ({conf(cfg, 'compression.netadapt.resource')})"
+                                 if comp == "netadapt" else "") + f", carved ({criterion(cfg)}) + fine-tuned"
+    elif policy == "none":
         rank, name = 6, "full width, " + ("fine-tuned" if conf(cfg, "model.checkpoint") else "from scratch")
     else:
         rank = POLICY_ORDER.get(policy, 5) + (comp == "prune")
@@ -219,6 +223,8 @@ def network(cfg: dict) -> tuple[float, str]:
         if comp == "prune" and steps > 1:  # iterative: prune, fine-tune, repeat - another recipe
             rank += 0.03
             name += f", {steps} steps"
+        if conf(cfg, "scaling.budget.unit") == "latency":  # planned against the latency table
+            name += LATENCY_BUDGET
         multiple = conf(cfg, "scaling.widths.round_to")
         if multiple:  # a deployment target's widths (target=x86_avx512): another plan
             name += f", widths x{multiple}"
@@ -233,7 +239,7 @@ def network(cfg: dict) -> tuple[float, str]:
     if augmentation(cfg) != "on":  # another training recipe: a row of its own
         rank += 0.05
         name += f", augmentation {augmentation(cfg)}"
-    recipe = "carve" if comp == "prune" else "finetune" if policy == "none" else "scratch"
+    recipe = "carve" if comp == "prune" or comp in SEARCHES else "finetune" if policy == "none" else "scratch"
     epochs = conf(cfg, "train.epochs")
     if epochs is not None and epochs != RECIPE_EPOCHS[recipe]:
         rank += 0.01
@@ -245,6 +251,8 @@ RECIPE_EPOCHS = recipe_epochs()
 EPOCHS_SUFFIX = re.compile(r", (\d+) epochs?$")
 
 
+SEARCHES = {"netadapt": "NetAdapt", "morphnet": "MorphNet"}  # compression methods that plan
+LATENCY_BUDGET = ", latency budget"  # scaling.budget.unit=latency: one-shot against the table
 CONSTANT = ", constant sparsity"
 FROM_RUN = ", distilled from a run"  # train.distill.teacher: a finished run's model taught it
 
@@ -461,11 +469,15 @@ def curve(paths: list[Path], out: Path | None) -> None:
 STATS_METRICS = ["test/acc_local", "test/acc_global", "test/acc_raw", "test/cal/acc_local",
                  "test/cal/acc_global", "openset/seen/auroc_misc", "openset/unseen/auroc_misc",
                  "openset/unseen/fpr95_misc", "model/params", "model/macs", "train/images_seen",
-                 "test/acc", "int8/test/acc", "sparsity/overall"]
+                 "test/acc", "int8/test/acc", "sparsity/overall", "latency/ort_fp32_b1_ms",
+                 "plan/latency_predicted_ms", "netadapt/final", "netadapt/short_term_images"]
 PAIR_METRICS = ["test/acc_local", "test/cal/acc_local", "openset/unseen/auroc_misc"]
 # magnitude pruning keeps the classes (e.g. all 10 of CIFAR-10, no misc): plain and int8 accuracy
 SPARSE_PAIRS = ("polynomial vs constant", "magnitude-pruned vs dense")
 SPARSE_PAIR_METRICS = PAIR_METRICS + ["test/acc", "int8/test/acc"]
+# a latency-budgeted plan against NetAdapt to the same latency: accuracy and the measured latency
+ONE_SHOT = "one-shot vs NetAdapt"
+ONE_SHOT_METRICS = ["test/acc", "latency/ort_fp32_b1_ms"]
 RS, UNIFORM = "Psi' (rs), from scratch", "uniform, from scratch"
 PSI_FT = "full width, fine-tuned"
 CI_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-seed differences A - B (Student t; "
@@ -603,6 +615,9 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
             pairs += [("Psi' vs Psi fine-tuned", best, ceiling),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
         pairs += magnitude_pairs([r[3] for r in rows if here(r)], row)
+        pairs += [(ONE_SHOT, o, r) for o in carved if LATENCY_BUDGET in o[3]
+                  for r in rows if r[:3] == (model, dataset, n) and r[3].startswith("NetAdapt (latency)")
+                  and CARVED_BY.search(r[3]).group(1) == CARVED_BY.search(o[3]).group(1)]
         # dataset.misc_multiplier: K times as many misc training images against 1 (same recipe;
         # not for Psi mapped, which is not trained on them)
         pairs += [(f"misc x{m.group(1)} vs x1", r, row(r[3].replace(m.group(0), "")))
@@ -661,6 +676,13 @@ def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | N
     return mean, low, high, "A > B" if low > 0 else "A < B" if high < 0 else "not resolved"
 
 
+def pair_metrics(name: str) -> list[str]:
+    """The metrics a comparison called ``name`` is judged on."""
+    if name == ONE_SHOT:
+        return ONE_SHOT_METRICS
+    return SPARSE_PAIR_METRICS if name in SPARSE_PAIRS or plain_accuracy_pair(name) else PAIR_METRICS
+
+
 def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     """One line per comparison and metric that both rows have: n pairs, mean A - B, CI, verdict."""
     header = ["model", "dataset", "N", "lambda", "comparison", "A", "B", "metric", "n",
@@ -668,7 +690,7 @@ def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     table = []
     for name, a, b in comparisons(list(groups)):
         sa, sb = groups[a], groups[b]
-        for k in SPARSE_PAIR_METRICS if name in SPARSE_PAIRS or plain_accuracy_pair(name) else PAIR_METRICS:
+        for k in pair_metrics(name):
             xa = {s: m[k] for s, m in sa.items() if number(m.get(k))}
             xb = {s: m[k] for s, m in sb.items() if number(m.get(k))}
             if not xa or not xb:  # a metric one row never has (e.g. runs from before it existed)

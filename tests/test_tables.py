@@ -40,16 +40,16 @@ def test_missing_runs_are_marked_missing(tmp_path):
 
 
 def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null",
-               misc_multiplier=1, epochs=None):
+               misc_multiplier=1, epochs=None, budget_unit="params"):
     path.mkdir(parents=True)
     train = "" if epochs is None else f"train: {{epochs: {epochs}}}\n"
     (path / "config.yaml").write_text(train +
         f"name: g\nseed: {seed}\nmodel: {{name: googlenet_rs, checkpoint: psi.pt}}\n"
         f"dataset: {{name: tiny_imagenet, num_classes: 5, misc_multiplier: {misc_multiplier}}}\n"
         f"export: {{name: int8}}\n"
-        f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045}}, "
+        f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045, unit: {budget_unit}}}, "
         f"widths: {{round_to: {round_to}}}}}\n"
-        f"compression: {{name: {compression}, criterion: l1}}\n")
+        f"compression: {{name: {compression}, criterion: l1, netadapt: {{resource: latency}}}}\n")
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
 
@@ -272,6 +272,33 @@ def test_misc_multipliers_are_paired_with_one_misc_image_per_in_scope_image(tmp_
     assert x9[8:10] == ["3", "-0.1000"] and x9[12] == "A < B"
     # Psi mapped is not trained on the misc images: no multiplier pair of its own
     assert not [r for r in md_rows(res.stdout, 1) if r[4].startswith("misc x") and r[5].startswith("Psi (")]
+
+
+def test_a_latency_budget_plan_is_paired_with_netadapt_to_the_same_latency(tmp_path):
+    """issue 16, item 4: one-shot planning against the latency table (scaling.budget.unit=latency)
+    and NetAdapt (compression=netadapt, scaling=none) are rows of their own - NetAdapt's not taken
+    for the full-width network it starts from - compared seed by seed on plain accuracy and the
+    measured latency, at each of the one-shot's training lengths."""
+    sweep = tmp_path / "sweep"
+    for seed, (short, long_, na) in enumerate([(0.74, 0.78, 0.77), (0.75, 0.79, 0.78), (0.75, 0.78, 0.78)]):
+        for name, epochs, acc, ms in (("oneshot", 2, short, 0.40), ("equal", 11, long_, 0.41)):
+            thesis_run(sweep / f"{name}{seed}", compression="prune", seed=seed, epochs=epochs,
+                       budget_unit="latency", metrics={**COMMON, "test/acc": acc,
+                                                       "latency/ort_fp32_b1_ms": ms})
+        thesis_run(sweep / f"netadapt{seed}", "none", compression="netadapt", seed=seed, epochs=2,
+                   metrics={**COMMON, "test/acc": na, "latency/ort_fp32_b1_ms": 0.42})
+    res = stats_cli(sweep, "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    one_shot = "Psi' (rs), carved (l1) + fine-tuned, latency budget"
+    netadapt = "NetAdapt (latency), carved (l1) + fine-tuned, 2 epochs"
+    assert {r[3] for r in md_rows(res.stdout, 0)} == {f"{one_shot}, 2 epochs", f"{one_shot}, 11 epochs",
+                                                      netadapt}
+    pairs = {(r[5], r[7]): r for r in md_rows(res.stdout, 1) if r[4] == "one-shot vs NetAdapt"}
+    assert {k[1] for k in pairs} == {"test/acc", "latency/ort_fp32_b1_ms"}
+    short = pairs[f"{one_shot}, 2 epochs", "test/acc"]
+    assert short[6] == netadapt and short[8:10] == ["3", "-0.0300"] and short[12] == "A < B"
+    assert pairs[f"{one_shot}, 11 epochs", "test/acc"][8:10] == ["3", "0.0067"]  # (1 + 1 + 0) / 300
+    assert pairs[f"{one_shot}, 11 epochs", "latency/ort_fp32_b1_ms"][9] == "-0.0100"
 
 
 def test_paired_interval_is_the_student_t_interval():
