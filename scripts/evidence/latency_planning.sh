@@ -12,7 +12,8 @@
 #             images) plus its FT_EPOCHS, about 11 epochs of 44,928 images.
 # The export stage of every run measures the result the same way (latency/ort_fp32_b1_ms with
 # export.latency.threads=1). Then results/latency_planning/prune.md/.csv (params, MACs, test
-# accuracy, latency, time) and runs.jsonl. Every run resumes from its run directory.
+# accuracy, latency, time), stats.md (over seeds; pairs "one-shot vs NetAdapt") and runs.jsonl.
+# Every run resumes from its run directory.
 #   RUNS=/work/runs bash scripts/evidence/latency_planning.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,3 +40,4 @@ mkdir -p $out
 python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/oneshot \
     $dir/netadapt $dir/oneshot_equal --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
 python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
+python scripts/tables.py stats $out/runs.jsonl --out $out
