@@ -7,9 +7,11 @@
 #             (scaling.budget.unit=latency, rule=ratio, value=0.5), L1 carves the plan;
 #   NetAdapt  one width group per step, every proposal short-term fine-tuned (50 steps), until
 #             the table says half the starting latency (compression=netadapt, target_ratio=0.5).
-#   one-shot at equal compute: the same, fine-tuned EQUAL_EPOCHS epochs: NetAdapt's short-term
-#             fine-tuning (metric netadapt/short_term_images: about 63 proposals x 50 x 128
-#             images) plus its FT_EPOCHS, about 11 epochs of 44,928 images.
+#   one-shot at equal training images: the same, fine-tuned EQUAL_EPOCHS epochs, about what
+#             NetAdapt trains on: its short-term fine-tuning (metric netadapt/short_term_images:
+#             48 to 54 proposals x 50 steps x 128 images in the first run) plus its FT_EPOCHS,
+#             about 9 epochs of 44,928 images (NetAdapt's scoring of each proposal on the
+#             validation split, forward passes only, is not counted).
 # The export stage of every run measures the result the same way (latency/ort_fp32_b1_ms with
 # export.latency.threads=1). Then results/latency_planning/prune.md/.csv (params, MACs, test
 # accuracy, latency, time), stats.md (over seeds; pairs "one-shot vs NetAdapt") and runs.jsonl.
@@ -19,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE_EPOCHS=${BASE_EPOCHS:-4}
 FT_EPOCHS=${FT_EPOCHS:-2}
-EQUAL_EPOCHS=${EQUAL_EPOCHS:-11}
+EQUAL_EPOCHS=${EQUAL_EPOCHS:-9}
 SEEDS=${SEEDS:-0,1,2}
 RUNS=${RUNS:-outputs/multirun}
 WRN="model.arch.depth=16 model.arch.widen_factor=2"
