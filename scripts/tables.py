@@ -68,8 +68,11 @@ COLUMNS = {
               ("int8 test acc", "int8/test/acc"), ("ONNX bytes", "export/onnx_bytes"),
               ("int8 bytes", "int8/bytes"), ("ORT fp32 b1 (ms)", "latency/ort_fp32_b1_ms"),
               ("ORT int8 b1 (ms)", "latency/ort_int8_b1_ms"),
+              ("latency target b1 (ms)", "derived:latency target"),
               ("planned b1 (ms)", "plan/latency_predicted_ms"),
+              ("ORT fp32 b1 / planned", "derived:measured / planned"),
               ("NetAdapt table b1 (ms)", "netadapt/final"),
+              ("ORT fp32 b1 / NetAdapt table", "derived:measured / NetAdapt table"),
               ("images seen", "train/images_seen"),
               ("NetAdapt short-term images", "netadapt/short_term_images")],
     "runs": [("run", None), ("model", "model/name"), ("N", "data/num_outputs"),
@@ -129,8 +132,28 @@ def criterion(cfg: dict) -> str | None:
     return c.get("name") if isinstance(c, dict) else c
 
 
+def _ratio(m: dict, a: str, b: str) -> float | None:
+    return m[a] / m[b] if number(m.get(a)) and number(m.get(b)) and m[b] else None
+
+
+def _latency_target(m: dict) -> float | None:
+    """The batch-1 latency a run was cut to: a latency budget's, or NetAdapt's target in ms."""
+    if m.get("plan/budget_unit") == "latency":
+        return m.get("plan/budget")
+    return m.get("netadapt/target") if m.get("netadapt/unit") == "ms" else None
+
+
+# computed columns: what a latency plan promised against what the export stage measured
+DERIVED = {"latency target": _latency_target,
+           "measured / planned": lambda m: _ratio(m, "latency/ort_fp32_b1_ms", "plan/latency_predicted_ms"),
+           "measured / NetAdapt table": lambda m: _ratio(m, "latency/ort_fp32_b1_ms", "netadapt/final")}
+
+
 def lookup(m: dict, cfg: dict, key: str):
-    """A metrics.json value, or a config value for keys written "cfg:dotted.path"."""
+    """A metrics.json value, a config value for keys written "cfg:dotted.path", or a
+    :data:`DERIVED` value for keys written "derived:name"."""
+    if key.startswith("derived:"):
+        return DERIVED[key[8:]](m)
     return conf(cfg, key[4:]) if key.startswith("cfg:") else m.get(key)
 
 

@@ -25,7 +25,8 @@ def fake_run(path, name, metrics=None):
 def test_missing_runs_are_marked_missing(tmp_path):
     fake_run(tmp_path / "sweep" / "compression_criterion=l1", "p",
              {"prune/criterion": "l1", "prune/init": "inherit", "model/params": 1234, "test/acc": 0.5,
-              "plan/latency_predicted_ms": 0.4123})
+              "plan/latency_predicted_ms": 0.4123, "latency/ort_fp32_b1_ms": 0.45,
+              "plan/budget": 0.4, "plan/budget_unit": "latency"})
     fake_run(tmp_path / "sweep" / "compression_criterion=taylor", "p")  # killed before the report
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "prune",
                           str(tmp_path / "sweep"), "--csv", str(tmp_path / "t.csv")],
@@ -34,7 +35,8 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert len(lines) == 2
     l1, taylor = sorted(lines)
     assert "| l1 | inherit | no | 1,234 |" in l1 and "0.5000" in l1
-    assert l1.endswith("| 0.4123 | missing | missing | missing |")  # a latency plan's prediction
+    # a latency plan: its budget, prediction and the export stage's measurement over it
+    assert l1.endswith("| 0.4500 | missing | 0.4000 | 0.4123 | 1.0914 | missing | missing | missing | missing |")
     assert "| taylor |" in taylor and taylor.count("missing") >= 5 and "0.0" not in taylor
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 
