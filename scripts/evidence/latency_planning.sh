@@ -34,8 +34,8 @@ common="experiment=wrn_prune_half $WRN model.checkpoint=$dir/baseline/checkpoint
 oneshot="$common scaling.budget.unit=latency scaling.budget.rule=ratio scaling.budget.value=0.5 \
     scaling.budget.threads=1"
 python scripts/run.py -m $oneshot train.epochs=$FT_EPOCHS hydra.sweep.dir=$dir/oneshot
-python scripts/run.py -m $common train.epochs=$FT_EPOCHS compression=netadapt scaling=none compression.netadapt.target_ratio=0.5 \
-    compression.netadapt.init_reduction=0.08 compression.netadapt.short_term_iters=50 \
+python scripts/run.py -m $common train.epochs=$FT_EPOCHS compression=netadapt scaling=none \
+    compression.netadapt.target_ratio=0.5 compression.netadapt.init_reduction=0.08 compression.netadapt.short_term_iters=50 \
     hydra.sweep.dir=$dir/netadapt
 python scripts/run.py -m $oneshot train.epochs=$EQUAL_EPOCHS hydra.sweep.dir=$dir/oneshot_equal
 mkdir -p $out
