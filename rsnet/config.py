@@ -133,6 +133,9 @@ class BudgetConfig:
 class WidthRuleConfig:
     min_width: int = 1  # no micro-layer narrower than this
     round_to: Optional[int] = None  # round widths to a multiple (e.g. 8) for hardware
+    # with round_to: a width below one multiple stays as planned, not lifted to the multiple
+    # (the rs / uniform width rule; NetAdapt and MorphNet step by whole multiples)
+    keep_narrow: bool = False
 
 
 @dataclass
@@ -279,7 +282,8 @@ NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "datas
 # out of the fingerprint while they hold it, so those run directories still resume.
 ADDED_KEYS = {"scaling.budget.runtime": "onnxruntime", "scaling.budget.threads": 1,
               "dataset.resize_size": None, "dataset.interpolation": None,
-              "model.arch.weights": None, "train.distill.teacher": None}
+              "model.arch.weights": None, "train.distill.teacher": None,
+              "scaling.widths.keep_narrow": False}
 
 
 def _dirname(override_dirname: str) -> str:

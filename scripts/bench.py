@@ -74,7 +74,8 @@ def main() -> None:
                    help="int8: runtimes measured, each against its own fp32 (ort: ONNX Runtime; "
                         "executorch: XNNPACK, its own .pte programs)")
     p.add_argument("--targets", nargs="+", default=["generic", "x86_avx2", "x86_avx512"],
-                   help="widths: deployment targets (conf/target/)")
+                   help="widths: deployment targets (conf/target/), each optionally followed by "
+                        "width-rule overrides: \"x86_avx512 scaling.widths.keep_narrow=true\"")
     p.add_argument("--classes", type=int, default=10, help="widths: N outputs of Psi'")
     p.add_argument("--base-classes", type=int, default=200, help="widths: C classes of Psi")
     p.add_argument("--latency-batch", type=int, default=32, help="widths: batch size timed")

@@ -250,7 +250,7 @@ def network(cfg: dict) -> tuple[float, str]:
             name += LATENCY_BUDGET
         multiple = conf(cfg, "scaling.widths.round_to")
         if multiple:  # a deployment target's widths (target=x86_avx512): another plan
-            name += f", widths x{multiple}"
+            name += f", widths x{multiple}" + (NARROW_KEPT if conf(cfg, "scaling.widths.keep_narrow") else "")
     if comp == "magnitude":  # after the same network without it
         rank += 0.5 + 0.1 * (schedule(cfg) == "constant")
         name += f", magnitude-pruned {conf(cfg, 'compression.sparsity.final_sparsity')}"
@@ -629,8 +629,10 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
                   for c in carved if FROM_RUN in c[3]]
         pairs += [("more epochs vs the recipe's", c, row(EPOCHS_SUFFIX.sub("", c[3])))
                   for c in carved if EPOCHS_SUFFIX.search(c[3])]
-        pairs += [("hardware widths vs thesis widths", r, row(re.sub(r", widths x\d+", "", r[3])))
+        pairs += [("hardware widths vs thesis widths", r, row(HARDWARE_WIDTHS.sub("", r[3])))
                   for r in rounded]
+        pairs += [("narrow layers kept vs lifted", r, row(r[3].replace(NARROW_KEPT, "")))
+                  for r in rounded if NARROW_KEPT in r[3]]
         pairs += criterion_pairs(carved, row)
         pairs += [(TAUGHT, r, row(r[3].replace(FROM_RUN, ""))) for r in rows
                   if here(r) and FROM_RUN in r[3] and r not in carved]
@@ -651,6 +653,8 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
 
 
 STEPS_SUFFIX = re.compile(r", (\d+) steps")
+NARROW_KEPT = " narrow kept"  # scaling.widths.keep_narrow: widths below the multiple not lifted
+HARDWARE_WIDTHS = re.compile(r", widths x\d+(?: narrow kept)?")
 CARVED_BY = re.compile(r"carved \(([^)]+)\)")
 TAUGHT = "distilled from a run vs not"  # e.g. a network trained from scratch, with a teacher
 

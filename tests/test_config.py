@@ -60,6 +60,13 @@ def test_a_target_sets_the_width_multiple_and_the_fingerprint_holds_its_effect_o
     explicit = compose_cfg("scaling.widths.round_to=8")  # the same run, said another way
     assert fingerprint(avx2) == fingerprint(explicit)
     assert fingerprint(avx2) != fingerprint(compose_cfg())
+    # keep_narrow reaches the plan stage's width rule and is another run; its default is not
+    from rsnet.plan.policies import WidthRule
+    from rsnet.stages.plan import width_rule
+    kept = compose_cfg("target=x86_avx512", "scaling.widths.keep_narrow=true")
+    assert width_rule(kept.scaling.widths) == WidthRule(1, 16, keep_narrow=True)
+    assert fingerprint(kept) != fingerprint(compose_cfg("target=x86_avx512"))
+    assert fingerprint(compose_cfg("scaling.widths.keep_narrow=false")) == fingerprint(compose_cfg())
 
 
 def test_speed_settings_and_later_added_keys_leave_the_fingerprint_alone():

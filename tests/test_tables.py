@@ -42,7 +42,7 @@ def test_missing_runs_are_marked_missing(tmp_path):
 
 
 def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null",
-               misc_multiplier=1, epochs=None, budget_unit="params"):
+               misc_multiplier=1, epochs=None, budget_unit="params", keep_narrow=False):
     path.mkdir(parents=True)
     train = "" if epochs is None else f"train: {{epochs: {epochs}}}\n"
     (path / "config.yaml").write_text(train +
@@ -50,7 +50,7 @@ def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, rou
         f"dataset: {{name: tiny_imagenet, num_classes: 5, misc_multiplier: {misc_multiplier}}}\n"
         f"export: {{name: int8}}\n"
         f"scaling: {{name: {scaling}, budget: {{rule: thesis, lam: 0.045, unit: {budget_unit}}}, "
-        f"widths: {{round_to: {round_to}}}}}\n"
+        f"widths: {{round_to: {round_to}, keep_narrow: {str(keep_narrow).lower()}}}}}\n"
         f"compression: {{name: {compression}, criterion: l1, netadapt: {{resource: latency}}}}\n")
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
@@ -224,6 +224,30 @@ def test_a_target_s_widths_are_their_own_row_paired_with_the_thesis_widths(tmp_p
                        "Psi' (rs), carved (l1) + fine-tuned"]
     assert hw[8:10] == ["3", "-0.0233"]  # (-0.02 - 0.03 - 0.02) / 3
     assert ("carved vs scratch", "test/acc_local") not in pairs  # no scratch runs here
+
+
+def test_widths_with_narrow_layers_kept_pair_with_both_other_plans(tmp_path):
+    """scaling.widths.keep_narrow: another plan, a row of its own, paired seed by seed with the
+    thesis's widths and with the same multiple whose narrow layers are lifted."""
+    sweep = tmp_path / "sweep"
+    for seed, (plain, lifted, kept) in enumerate([(0.80, 0.76, 0.81), (0.82, 0.78, 0.80),
+                                                  (0.81, 0.77, 0.81)]):
+        thesis_run(sweep / f"carved{seed}", compression="prune", seed=seed,
+                   metrics={**COMMON, "test/acc_local": plain})
+        thesis_run(sweep / f"x16_{seed}", compression="prune", seed=seed, round_to=16,
+                   metrics={**COMMON, "test/acc_local": lifted})
+        thesis_run(sweep / f"kept{seed}", compression="prune", seed=seed, round_to=16,
+                   keep_narrow=True, metrics={**COMMON, "test/acc_local": kept})
+    res = stats_cli(sweep, "--out", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    kept = "Psi' (rs), carved (l1) + fine-tuned, widths x16 narrow kept"
+    assert {kept, "Psi' (rs), carved (l1) + fine-tuned, widths x16"} <= {r[3] for r in md_rows(res.stdout, 0)}
+    pairs = {(r[4], r[5], r[7]): r for r in md_rows(res.stdout, 1)}
+    hw = pairs["hardware widths vs thesis widths", kept, "test/acc_local"]
+    assert hw[6] == "Psi' (rs), carved (l1) + fine-tuned" and hw[8:10] == ["3", "-0.0033"]
+    vs_lifted = pairs["narrow layers kept vs lifted", kept, "test/acc_local"]
+    assert vs_lifted[6] == "Psi' (rs), carved (l1) + fine-tuned, widths x16"
+    assert vs_lifted[8:10] == ["3", "0.0367"]  # (0.05 + 0.02 + 0.04) / 3
 
 
 def test_other_training_epochs_are_their_own_row_paired_with_the_recipe_s(tmp_path):

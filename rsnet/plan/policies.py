@@ -32,16 +32,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WidthRule:
-    """c' = max(min_width, rint(c / s)), rounded to a multiple of ``round_to`` when set."""
+    """c' = max(min_width, rint(c / s)), rounded to a multiple of ``round_to`` when set (at
+    least one multiple); with ``keep_narrow`` a width below one multiple keeps its value instead
+    of being lifted to the multiple (the rule then does not move parameters into the narrowest
+    layers, e.g. GoogLeNet's 5x5 branches; those layers run outside the blocked kernels)."""
 
     min_width: int = 1
     round_to: int | None = None
+    keep_narrow: bool = False
 
     def __call__(self, base: np.ndarray | int, factor: np.ndarray | float) -> np.ndarray:
         w = np.rint(np.asarray(base, dtype=float) / factor)
         if self.round_to:
-            w = np.rint(w / self.round_to) * self.round_to
-            w = np.maximum(w, self.round_to)
+            rounded = np.maximum(np.rint(w / self.round_to) * self.round_to, self.round_to)
+            w = np.where(w < self.round_to, w, rounded) if self.keep_narrow else rounded
         return np.maximum(w, self.min_width).astype(np.int64)
 
 

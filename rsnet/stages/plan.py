@@ -87,9 +87,14 @@ def solve(sc, graph, base_cost: dict, num_outputs: int, num_base: int,
     if budget.unit == "latency" and not isinstance(policy, ResourceScalable):
         raise RsnetError(f"scaling.budget.unit=latency plans with scaling=rs or uniform, not "
                          f"scaling={sc.name} (its widths are given, not solved for)")
-    scaler = Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), sc.bottleneck,
+    scaler = Scaler(graph, width_rule(sc.widths), sc.bottleneck,
                     latency)
     return policy.make(scaler, budget, base_cost)
+
+
+def width_rule(widths) -> WidthRule:
+    """The width rule of ``scaling.widths`` (min_width, round_to, keep_narrow)."""
+    return WidthRule(widths.min_width, widths.round_to, widths.keep_narrow)
 
 
 def latency_cost(ctx: Context, graph) -> tuple[LatencyCost, float]:

@@ -46,10 +46,10 @@ from rsnet.deploy.latency_table import LatencyModel, LatencyTable, layer_specs, 
 from rsnet.compress.morphnet import (COSTS, GammaPenalty, fit_to_budget, gamma_groups, read_widths)
 from rsnet.compress.netadapt import NetAdaptLog, Schedule, netadapt
 from rsnet.compress.group_widths import floor_widths
-from rsnet.plan.policies import Scaler, WidthRule
+from rsnet.plan.policies import Scaler
 from rsnet.train import Runtime, main_logits, make_loader, predict, split_metrics
 from rsnet.stages.context import Context
-from rsnet.stages.plan import analyze_nway, plan_metrics
+from rsnet.stages.plan import analyze_nway, plan_metrics, width_rule
 from rsnet.stages.train import fit_from_config
 from rsnet.fileio import atomic_write_json, load_checkpoint_file
 
@@ -362,7 +362,7 @@ def stage_search(ctx: Context, method: _Search) -> tuple[nn.Module, WidthPlan, d
         return (rt.prepare(load_pruned(final, ctx.nway_arch, example)), plan,
                 {**plan_metrics(plan), **found(method, record, cfg)})
     model, widths, budget, record = method.find(ctx, model, graph, example, base_cost)
-    scaler = Scaler(graph, WidthRule(sc.widths.min_width, sc.widths.round_to), bottleneck=False)
+    scaler = Scaler(graph, width_rule(sc.widths), bottleneck=False)
     plan = scaler.plan_from_group_widths(widths, method.name, budget, base_cost)
     plan.save(plan_path)
     log.info("%s", plan.table())

@@ -15,13 +15,16 @@ from .common import _f, compose_cfg, ort_predictor
 
 def planned_pair(experiment: str, target: str, classes: int, base_classes: int):
     """(Psi, Psi', input size) of ``experiment`` for ``target``: the C-way baseline and the
-    N-way model at the plan stage's widths (fresh weights: latency does not depend on them)."""
+    N-way model at the plan stage's widths (fresh weights: latency does not depend on them).
+    ``target`` is a target name, optionally followed by overrides of the width rule
+    ("x86_avx512 scaling.widths.keep_narrow=true")."""
     from rsnet.graph import analyze
     from rsnet.metrics import count_macs, count_params
     from rsnet.models.widths import build_at_widths
     from rsnet.stages.plan import solve
 
-    cfg = compose_cfg(f"experiment={experiment}", f"target={target}",
+    name, *overrides = target.split()
+    cfg = compose_cfg(f"experiment={experiment}", f"target={name}", *overrides,
                       f"dataset.num_classes={classes}", "model.checkpoint=null")
     sc, size = cfg.scaling, cfg.model.input_size
     torch.manual_seed(0)
