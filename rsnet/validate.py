@@ -72,6 +72,21 @@ def _check_range(name: str, value, low, high: float | None, integer: bool) -> No
         raise RsnetError(f"{name}={value!r} is invalid: use {kind} {bounds}")
 
 
+def _check_width_rule(cfg: DictConfig) -> None:
+    """scaling.widths.keep_narrow changes the rs / uniform rounding to a multiple: without a
+    multiple, or with a search that steps by whole multiples, it would be ignored."""
+    widths = cfg.scaling.widths
+    if not widths.get("keep_narrow"):
+        return
+    if widths.round_to is None:
+        raise RsnetError("scaling.widths.keep_narrow=true needs a multiple to round to: set "
+                         "target=x86_avx512 (or x86_avx2) or scaling.widths.round_to")
+    if cfg.compression.name in ("netadapt", "morphnet"):
+        raise RsnetError(f"scaling.widths.keep_narrow=true applies to the rs / uniform plans; "
+                         f"compression={cfg.compression.name} steps widths by whole multiples of "
+                         f"scaling.widths.round_to: drop keep_narrow")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`RsnetError` for the first setting that cannot work."""
     _missing(cfg)
@@ -88,6 +103,7 @@ def validate(cfg: DictConfig) -> None:
             raise RsnetError(f"scaling.budget.rule={budget.rule} needs scaling.budget.value")
         high = 1 if budget.rule == "ratio" else None
         _check_range("scaling.budget.value", budget.value, POSITIVE, high, False)
+    _check_width_rule(cfg)
     ds = cfg.dataset
     if (ds.resize_size is not None or ds.interpolation is not None) and ds.image_size is None:
         raise RsnetError("dataset.resize_size and dataset.interpolation resize to "

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_cfg
+from rsnet.errors import RsnetError
 
 GROUPS = ["model", "dataset", "scaling", "compression", "train", "export", "experiment",
           "train/optimizer", "train/scheduler", "train/loss"]
@@ -67,6 +68,17 @@ def test_a_target_sets_the_width_multiple_and_the_fingerprint_holds_its_effect_o
     assert width_rule(kept.scaling.widths) == WidthRule(1, 16, keep_narrow=True)
     assert fingerprint(kept) != fingerprint(compose_cfg("target=x86_avx512"))
     assert fingerprint(compose_cfg("scaling.widths.keep_narrow=false")) == fingerprint(compose_cfg())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["scaling.widths.keep_narrow=true"], "needs a multiple to round to"),
+    (["target=x86_avx512", "scaling.widths.keep_narrow=true", "compression=netadapt"],
+     "compression=netadapt steps widths by whole multiples"),
+])
+def test_keep_narrow_where_it_would_be_ignored_is_refused(overrides, message):
+    from rsnet.validate import validate
+    with pytest.raises(RsnetError, match=message):
+        validate(compose_cfg(*overrides))
 
 
 def test_speed_settings_and_later_added_keys_leave_the_fingerprint_alone():
