@@ -17,7 +17,7 @@
 # EXTRA="train.threads=1" adds overrides that do not change results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-EPOCHS=${EPOCHS:-15}
+EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-0,1,2}
 NETWORKS=${NETWORKS:-"kd_mobilenet_cifar kd_wrn_cifar"}
 RUNS=${RUNS:-outputs/multirun}
