@@ -87,8 +87,7 @@ def solve(sc, graph, base_cost: dict, num_outputs: int, num_base: int,
     if budget.unit == "latency" and not isinstance(policy, ResourceScalable):
         raise RsnetError(f"scaling.budget.unit=latency plans with scaling=rs or uniform, not "
                          f"scaling={sc.name} (its widths are given, not solved for)")
-    scaler = Scaler(graph, width_rule(sc.widths), sc.bottleneck,
-                    latency)
+    scaler = Scaler(graph, width_rule(sc.widths), sc.bottleneck, latency)
     return policy.make(scaler, budget, base_cost)
 
 
