@@ -654,7 +654,7 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
 
 STEPS_SUFFIX = re.compile(r", (\d+) steps")
 NARROW_KEPT = " narrow kept"  # scaling.widths.keep_narrow: widths below the multiple not lifted
-HARDWARE_WIDTHS = re.compile(r", widths x\d+(?: narrow kept)?")
+HARDWARE_WIDTHS = re.compile(r", widths x\d+(?:" + re.escape(NARROW_KEPT) + ")?")
 CARVED_BY = re.compile(r"carved \(([^)]+)\)")
 TAUGHT = "distilled from a run vs not"  # e.g. a network trained from scratch, with a teacher
 
