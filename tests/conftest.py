@@ -92,3 +92,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- deterministic latencies ------------------------------------------------------------------
+# Measured latencies of microsecond-scale layers drift with the machine's load, so tests of the
+# logic built on them (latency budgets, NetAdapt) price layers by their multiply-adds instead;
+# the real ONNX Runtime measurement has its own test (tests/test_search.py).
+
+def layer_cost(spec, cin: int, cout: int) -> float:
+    """Milliseconds of a fake layer: its multiply-adds / 1e4."""
+    groups = cin if spec.kind == "depthwise" else spec.groups
+    h, w = (max(1, s // st) for s, st in zip(spec.in_hw, spec.stride))
+    return cin // groups * cout * spec.kernel[0] * spec.kernel[1] * h * w / 1e4
+
+
+def fake_table_class():
+    """A :class:`~rsnet.deploy.latency_table.LatencyTable` whose entries are :func:`layer_cost`;
+    ``measured`` counts the entries it priced."""
+    from rsnet.deploy.latency_table import LatencyTable
+
+    class FakeTable(LatencyTable):
+        def __init__(self, specs, threads: int = 1, runs: int = 50, warmup: int = 5, entries=None):
+            super().__init__(specs, threads, runs, warmup, entries)
+            self.measured = 0
+
+        def layer_ms(self, spec, cin, cout):
+            key = self.key(spec, cin, cout)
+            if key not in self.entries:
+                self.measured += 1
+                self.unsaved += 1
+                self.entries[key] = layer_cost(spec, cin, cout)
+            return self.entries[key]
+
+    return FakeTable

@@ -11,7 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rsnet.deploy.latency_table import LatencyTable, layer_specs
+from conftest import fake_table_class, layer_cost
+from rsnet.deploy.latency_table import layer_specs
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
 from rsnet.models.resnet_cifar import resnet_cifar
@@ -23,24 +24,7 @@ from rsnet.plan.solver import brute_force
 SIZE = 16
 
 
-def layer_cost(spec, cin: int, cout: int) -> float:
-    """Milliseconds of a fake layer: its multiply-adds / 1e4."""
-    groups = cin if spec.kind == "depthwise" else spec.groups
-    h, w = (max(1, s // st) for s, st in zip(spec.in_hw, spec.stride))
-    return cin // groups * cout * spec.kernel[0] * spec.kernel[1] * h * w / 1e4
-
-
-class FakeTable(LatencyTable):
-    def __init__(self, specs):
-        super().__init__(specs, threads=1)
-        self.measured = 0
-
-    def layer_ms(self, spec, cin, cout):
-        key = self.key(spec, cin, cout)
-        if key not in self.entries:
-            self.measured += 1
-            self.entries[key] = layer_cost(spec, cin, cout)
-        return self.entries[key]
+FakeTable = fake_table_class()
 
 
 def setup(scale: float = 1.0, overhead: float = 0.5, grid_stop: float = 3.5, power: float = 1.0):
