@@ -1,6 +1,7 @@
 """The model zoo: its parameters and MACs, and which torchvision CNNs rsnet carves.
 
     python scripts/zoo.py table      # markdown table of the zoo's default builds (params, MACs)
+                                     # -> docs/bench/zoo.md (--out), also printed
     python scripts/zoo.py carve      # every torchvision classifier: plan half its params, carve
                                      # -> results/any_cnn.csv, docs/any_cnn.md (resumes: models
                                      # already in the CSV are skipped; --fresh starts over)
@@ -36,15 +37,18 @@ BUILDS = [("resnet20", 10, [32]), ("resnet44", 10, [32]), ("resnet56", 10, [32])
 FIELDS = list(CarveResult("", 0).row())
 
 
-def table() -> None:
-    print("| model | classes | input px | params | MACs |\n|---|---:|---:|---:|---:|")
+def table(out: Path) -> None:
+    lines = ["| model | classes | input px | params | MACs |", "|---|---:|---:|---:|---:|"]
     for name, classes, sizes in BUILDS:
         for size in sizes:
             with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
                 cfg = compose(config_name="config", overrides=[f"model={name}", f"model.input_size={size}"])
             model = build_model(OmegaConf.merge(cfg.model, {"checkpoint": None}), classes)
-            print(f"| {name} | {classes} | {size} | {count_params(model):,} | "
-                  f"{count_macs(model, size) / 1e6:,.1f} M |")
+            lines.append(f"| {name} | {classes} | {size} | {count_params(model):,} | "
+                         f"{count_macs(model, size) / 1e6:,.1f} M |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    atomic_write_text(out, text)
 
 
 def carve(out: Path, doc: Path, models: list[str], fresh: bool) -> None:
@@ -105,7 +109,8 @@ def write_doc(rows: list[dict], doc: Path, source: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("table", help="params and MACs of the zoo's default builds")
+    t = sub.add_parser("table", help="params and MACs of the zoo's default builds")
+    t.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "zoo.md")
     c = sub.add_parser("carve", help="plan and carve every torchvision classifier")
     c.add_argument("--models", nargs="*", help="these torchvision names only (default: all)")
     c.add_argument("--out", type=Path, default=REPO / "results" / "any_cnn.csv")
@@ -114,7 +119,7 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.cmd == "table":
-        table()
+        table(args.out.resolve())
     else:
         unknown = sorted(set(args.models or ()) - set(torchvision_cases()))
         if unknown:
