@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import rsnet.config  # noqa: F401, E402  (schema + resolvers)
+from rsnet.deploy.latency_table import LatencyTable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -106,22 +107,18 @@ def layer_cost(spec, cin: int, cout: int) -> float:
     return cin // groups * cout * spec.kernel[0] * spec.kernel[1] * h * w / 1e4
 
 
-def fake_table_class():
-    """A :class:`~rsnet.deploy.latency_table.LatencyTable` whose entries are :func:`layer_cost`;
-    ``measured`` counts the entries it priced."""
-    from rsnet.deploy.latency_table import LatencyTable
+class FakeTable(LatencyTable):
+    """A latency table whose entries are :func:`layer_cost`; ``measured`` counts the entries it
+    priced (``unsaved`` is reset by whoever saves the table)."""
 
-    class FakeTable(LatencyTable):
-        def __init__(self, specs, threads: int = 1, runs: int = 50, warmup: int = 5, entries=None):
-            super().__init__(specs, threads, runs, warmup, entries)
-            self.measured = 0
+    def __init__(self, specs, threads: int = 1, runs: int = 50, warmup: int = 5, entries=None):
+        super().__init__(specs, threads, runs, warmup, entries)
+        self.measured = 0
 
-        def layer_ms(self, spec, cin, cout):
-            key = self.key(spec, cin, cout)
-            if key not in self.entries:
-                self.measured += 1
-                self.unsaved += 1
-                self.entries[key] = layer_cost(spec, cin, cout)
-            return self.entries[key]
-
-    return FakeTable
+    def layer_ms(self, spec, cin, cout):
+        key = self.key(spec, cin, cout)
+        if key not in self.entries:
+            self.measured += 1
+            self.unsaved += 1
+            self.entries[key] = layer_cost(spec, cin, cout)
+        return self.entries[key]

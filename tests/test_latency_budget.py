@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import fake_table_class, layer_cost
+from conftest import FakeTable, layer_cost
 from rsnet.deploy.latency_table import layer_specs
 from rsnet.errors import RsnetError
 from rsnet.graph import analyze
@@ -22,9 +22,6 @@ from rsnet.plan.policies import ResourceScalable, Scaler, Uniform, WidthRule
 from rsnet.plan.solver import brute_force
 
 SIZE = 16
-
-
-FakeTable = fake_table_class()
 
 
 def setup(scale: float = 1.0, overhead: float = 0.5, grid_stop: float = 3.5, power: float = 1.0):

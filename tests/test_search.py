@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, TINY, compose_cfg, fake_table_class, layer_cost
+from conftest import REPO, TINY, FakeTable, compose_cfg, layer_cost
 from rsnet import pipeline
 from rsnet.stages import search
 from rsnet.errors import RsnetError
@@ -43,7 +43,6 @@ def best_of(proposals: list[dict]) -> dict:
 
 # -- NetAdapt ---------------------------------------------------------------------------------
 
-FakeTable = fake_table_class()
 OVERHEAD_MS = 20.0  # a tiny model's latency is mostly fixed cost, as on ONNX Runtime
 
 
