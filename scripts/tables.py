@@ -263,11 +263,24 @@ def network(cfg: dict) -> tuple[float, str]:
         rank += 0.05
         name += f", augmentation {augmentation(cfg)}"
     recipe = "carve" if comp == "prune" or comp in SEARCHES else "finetune" if policy == "none" else "scratch"
-    epochs = conf(cfg, "train.epochs")
+    epochs = trained_epochs(cfg)
     if epochs is not None and epochs != RECIPE_EPOCHS[recipe]:
         rank += 0.01
         name += f", {epochs} epoch{'s' * (epochs != 1)}"
     return rank, name
+
+
+def trained_epochs(cfg: dict) -> int | None:
+    """All the epochs a run trained: train.epochs, plus an iterative pruning run's fine-tuning
+    between its steps (compression.step_epochs after each but the last, when the pruned network
+    inherits its weights), so that iterative and one-shot rows of equal training share a suffix."""
+    epochs = conf(cfg, "train.epochs")
+    steps = conf(cfg, "compression.steps") or 1
+    if (epochs is not None and conf(cfg, "compression.name") == "prune" and steps > 1
+            and (conf(cfg, "compression.init") or "inherit") == "inherit"):
+        between = conf(cfg, "compression.step_epochs")
+        epochs += (steps - 1) * (1 if between is None else between)  # 1: rsnet.config's default
+    return epochs
 
 
 RECIPE_EPOCHS = recipe_epochs()

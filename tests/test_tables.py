@@ -488,6 +488,30 @@ def test_pruning_criteria_are_paired_with_l1_and_random_and_iterative_with_one_s
     assert iterative[12] == "A > B"
 
 
+def test_iterative_pruning_is_compared_with_one_shot_at_equal_training_epochs(tmp_path):
+    """An iterative run's epochs count its fine-tuning between steps: 4 steps with 1 epoch
+    between them and 5 after the last is 8 epochs, paired with the one-shot run of 8, not of 5."""
+    sweep = tmp_path / "sweep"
+    runs = {"one5": (1, 5, 0.80), "one8": (1, 8, 0.82), "iter": (4, 5, 0.85)}
+    for seed in (0, 1):
+        for name, (steps, epochs, acc) in runs.items():
+            d = sweep / f"{name}_{seed}"
+            thesis_run(d, compression="prune", seed=seed, epochs=epochs,
+                       metrics={**COMMON, "test/acc": acc + 0.01 * seed})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["compression"] = {"name": "prune", "criterion": {"name": "hrank"}, "steps": steps,
+                                  "step_epochs": 1}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = stats_cli(sweep)
+    assert res.returncode == 0, res.stderr
+    carved = "Psi' (rs), carved (hrank) + fine-tuned"
+    assert {carved + ", 4 steps, 8 epochs", carved + ", 8 epochs", carved + ", 5 epochs"} <= {
+        r[3] for r in md_rows(res.stdout, 0)}
+    iterative = [r for r in md_rows(res.stdout, 1) if r[4] == "iterative vs one-shot" and r[7] == "test/acc"]
+    assert [r[6] for r in iterative] == [carved + ", 8 epochs"]  # not the 5-epoch one-shot run
+    assert iterative[0][8:10] == ["2", "0.0300"]
+
+
 def test_a_network_taught_by_a_run_is_paired_with_the_same_network_untaught(tmp_path):
     """scripts/evidence/kd_cifar.sh: a network trained with a teacher run (train.distill.teacher)
     against the same network and recipe without one, seed by seed, on plain and int8 accuracy."""

@@ -4,9 +4,12 @@
 # (experiment=vgg16_cifar_baseline; the proposal's bar is 88 % test accuracy: the script stops
 # if the baseline is below it), then half of its MACs carved out (experiment=vgg16_prune_half)
 # by the feature-map criteria HRank, APoZ and mean activation against L1 and random pruning,
-#   one-shot (compression.steps=1) and iterative (ITER_STEPS steps, one fine-tuning epoch
-#   between them), each fine-tuned FT_EPOCHS epochs and exported to ONNX fp32 and static int8,
-# seeds SEEDS (three: the comparisons get 95 % intervals); then the tables:
+#   one-shot (compression.steps=1) and iterative (ITER_STEPS steps, STEP_EPOCHS fine-tuning
+#   epochs between them), each fine-tuned and exported to ONNX fp32 and static int8, seeds
+#   SEEDS (three: the comparisons get 95 % intervals). Both recipes train the same number of
+#   epochs, so "iterative vs one-shot" compares them at equal training images: the iterative
+#   run fine-tunes FT_EPOCHS after its last step, the one-shot run FT_EPOCHS plus the
+#   (ITER_STEPS - 1) x STEP_EPOCHS the iterative run spent between its steps. Then the tables:
 #   results/vgg16_featuremap/prune.md/.csv  every run: params, MACs, test accuracy fp32 / int8,
 #                                           file sizes, ORT batch-1 latency
 #   results/vgg16_featuremap/stats.md       every recipe over seeds; pairs "<criterion> vs l1",
@@ -20,6 +23,8 @@ cd "$(dirname "$0")/../.."
 BASE_EPOCHS=${BASE_EPOCHS:-30}
 FT_EPOCHS=${FT_EPOCHS:-5}
 ITER_STEPS=${ITER_STEPS:-4}
+STEP_EPOCHS=${STEP_EPOCHS:-1}
+ONESHOT_EPOCHS=$((FT_EPOCHS + (ITER_STEPS - 1) * STEP_EPOCHS))
 SEEDS=${SEEDS:-0,1,2}
 CRITERIA=${CRITERIA:-hrank,apoz,mean_activation,l1,random}
 RUNS=${RUNS:-outputs/multirun}
@@ -34,9 +39,9 @@ sys.exit(0 if acc >= 0.88 else f"{sys.argv[1]}: VGG-16 test accuracy {acc:.4f} i
          f"proposal's 0.88: train it longer (BASE_EPOCHS) before pruning")
 PY
 sweep="python scripts/run.py -m experiment=vgg16_prune_half model.checkpoint=$dir/baseline/checkpoints/model.pt \
-    train.epochs=$FT_EPOCHS seed=$SEEDS progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned"
-$sweep compression/criterion=$CRITERIA compression.steps=1
-$sweep compression/criterion=$CRITERIA compression.steps=$ITER_STEPS
+    seed=$SEEDS progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned compression/criterion=$CRITERIA"
+$sweep compression.steps=1 train.epochs=$ONESHOT_EPOCHS
+$sweep compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS
 mkdir -p $out
 python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/pruned \
     --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
