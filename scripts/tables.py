@@ -74,6 +74,7 @@ COLUMNS = {
               ("NetAdapt table b1 (ms)", "netadapt/final"),
               ("ORT fp32 b1 / NetAdapt table", "derived:measured / NetAdapt table"),
               ("images seen", "train/images_seen"),
+              ("images between steps", "prune/step_images_seen"),
               ("NetAdapt short-term images", "netadapt/short_term_images")],
     "runs": [("run", None), ("model", "model/name"), ("N", "data/num_outputs"),
              ("policy", "plan/policy"), ("params", "model/params"), ("MACs", "model/macs"),

@@ -249,11 +249,18 @@ def test_pruning_to_the_plan_realises_it_and_resumes(tmp_path):
     assert (metrics["model/params"], metrics["model/macs"]) == \
         (plan["predicted"]["params"], plan["predicted"]["macs"])
     assert metrics["prune/criterion"] == "l1" and (d / "checkpoints" / "pruned.pt").exists()
-    (d / "checkpoints" / "model.pt").unlink()  # as if killed after pruning, before training ended
+    # the epoch between the two steps is counted: as many images as the final epoch's
+    assert metrics["prune/step_images_seen"] == metrics["train/images_seen"] > 0
+    # as if killed after the first pruning step and its fine-tuning: resumes from prune_step1.pt
+    for f in ("model.pt", "last.pt", "best.pt", "pruned.pt", "prune_step2.pt"):
+        (d / "checkpoints" / f).unlink()
     (d / "metrics.json").unlink()
-    again = run(tmp_path, *args)  # reloads pruned.pt in a fresh process, trains again
+    again = run(tmp_path, *args)  # reloads prune_step1.pt in a fresh process, prunes, trains again
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((d / "metrics.json").read_text())["model/params"] == metrics["model/params"]
+    assert "pruning step 1/2" not in again.stdout and "pruning step 2/2" in again.stdout
+    resumed = json.loads((d / "metrics.json").read_text())
+    assert resumed["model/params"] == metrics["model/params"]
+    assert resumed["prune/step_images_seen"] == metrics["prune/step_images_seen"]
 
 
 def test_prune_without_a_plan_names_the_setting(tmp_path):

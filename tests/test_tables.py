@@ -36,7 +36,7 @@ def test_missing_runs_are_marked_missing(tmp_path):
     l1, taylor = sorted(lines)
     assert "| l1 | inherit | no | 1,234 |" in l1 and "0.5000" in l1
     # a latency plan: its budget, prediction and the export stage's measurement over it
-    assert l1.endswith("| 0.4500 | missing | 0.4000 | 0.4123 | 1.0914 | missing | missing | missing | missing |")
+    assert l1.endswith("| 0.4500 | missing | 0.4000 | 0.4123 | 1.0914 | missing | missing | missing | missing | missing |")
     assert "| taylor |" in taylor and taylor.count("missing") >= 5 and "0.0" not in taylor
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
 

@@ -20,10 +20,10 @@ The data-driven criteria take calibration batches from
 from rsnet.compress.structured import current_widths, prune_to_widths
 from rsnet.compress.criteria import Criterion, Magnitude
 from rsnet.compress.reinit import reinitialize
-from rsnet.compress.checkpoint import load_pruned, save_pruned
+from rsnet.compress.checkpoint import load_pruned, pruned_meta, save_pruned
 from rsnet.compress.width_schedule import width_schedule
 from rsnet.compress.shortcut import IndexShortcut, convert_pad_shortcuts, index_shortcut_pruner
 
 __all__ = ["prune_to_widths", "current_widths", "Criterion", "Magnitude", "reinitialize",
-           "width_schedule", "save_pruned", "load_pruned", "IndexShortcut",
+           "width_schedule", "save_pruned", "load_pruned", "pruned_meta", "IndexShortcut",
            "convert_pad_shortcuts", "index_shortcut_pruner"]

@@ -21,7 +21,7 @@ from rsnet.compress.criteria import Magnitude
 from rsnet.compress.structured import EXAMPLE_SHAPE_ATTR, current_widths, prune_to_widths
 from rsnet.fileio import atomic_torch_save
 
-__all__ = ["save_pruned", "load_pruned"]
+__all__ = ["save_pruned", "load_pruned", "pruned_meta"]
 
 
 def _plain(obj: Any, where: str) -> None:
@@ -66,6 +66,24 @@ def save_pruned(path: str | Path, model: nn.Module, widths: Mapping[str, int],
     atomic_torch_save({"state_dict": state, "widths": have, "meta": meta}, Path(path))
 
 
+def pruned_meta(path: str | Path) -> dict:
+    """The ``meta`` that :func:`save_pruned` stored in ``path``."""
+    return _read(Path(path))["meta"]
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise RsnetError(f"pruned model {path} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
+        raise RsnetError(f"{path} is not a pruned-model file ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from e
+    if not isinstance(obj, dict) or not {"state_dict", "widths", "meta"} <= set(obj):
+        raise RsnetError(f"{path} is not a pruned-model file (no state_dict/widths/meta)")
+    return obj
+
+
 def load_pruned(path: str | Path, baseline_builder: Callable[[], nn.Module],
                 example_input: torch.Tensor | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`.
@@ -79,16 +97,7 @@ def load_pruned(path: str | Path, baseline_builder: Callable[[], nn.Module],
 
     Returns the model (on the CPU, in the mode the builder left it) with the saved weights.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RsnetError(f"pruned model {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
-        raise RsnetError(f"{path} is not a pruned-model file ({type(e).__name__}: "
-                         f"{str(e)[:120]})") from e
-    if not isinstance(obj, dict) or not {"state_dict", "widths", "meta"} <= set(obj):
-        raise RsnetError(f"{path} is not a pruned-model file (no state_dict/widths/meta)")
+    obj = _read(Path(path))
     if example_input is None:
         shape = obj["meta"].get("input_shape")
         if not shape:

@@ -27,7 +27,8 @@ from rsnet.metrics import count_params
 from rsnet.models import has_trained_weights
 from rsnet.models.widths import family_init
 from rsnet.plan import check_plan_cost
-from rsnet.compress import (current_widths, load_pruned,
+from rsnet.report import history_metrics
+from rsnet.compress import (current_widths, load_pruned, pruned_meta,
                          prune_to_widths, reinitialize, save_pruned, width_schedule)
 from rsnet.compress.dependency import train_only_layers
 from rsnet.stages.context import Context
@@ -89,8 +90,11 @@ class Carve:
         comp = ctx.cfg.compression
         ctx.model = _from_rank0(lambda: carve(ctx), ctx.rt)
         ctx.pruned = True
+        # the iterative run's fine-tuning between its steps (a comparison at equal compute
+        # counts it with train/images_seen)
+        between = pruned_meta(ctx.run_dir / "checkpoints" / "pruned.pt").get("step_images_seen", 0)
         ctx.metrics.update({"prune/criterion": comp.criterion.name, "prune/init": comp.init,
-                            "prune/steps": comp.steps})
+                            "prune/steps": comp.steps, "prune/step_images_seen": between})
 
 
 def run(ctx: Context) -> None:
@@ -130,25 +134,28 @@ def carve(ctx: Context) -> torch.nn.Module:
     calib = calibration_batches(data.train, comp.calib_images, data.mean, data.std,
                                 seed=cfg.seed) if criterion.data_driven else None
     schedule = width_schedule(current_widths(model), plan.widths(), comp.steps)
+    seen = 0  # training images of the fine-tuning between steps, so far
     for i, widths in enumerate(schedule, start=1):
         step_path = ctx.run_dir / "checkpoints" / f"prune_step{i}.pt"
         if step_path.exists():  # resume an iterative run after its last finished step
             model = load_pruned(step_path, ctx.nway_arch, example)
+            seen = pruned_meta(step_path).get("images_seen", 0)
             continue
         model = rt.prepare(prune_to_widths(model.cpu().float(), widths, example, criterion,
                                            calib, cfg.seed))
         log.info("pruning step %d/%d (%s): %s params", i, comp.steps, criterion.name,
                  f"{count_params(model):,}")
         if i < comp.steps and comp.init == "inherit" and comp.step_epochs > 0:
-            fit_from_config(model, data, cfg.train, rt,
-                            ctx.run_dir / "checkpoints" / f"prune_step{i}", cfg.seed,
-                            epochs=comp.step_epochs)
-        save_pruned(step_path, model.cpu(), widths, {"step": i})
+            history = fit_from_config(model, data, cfg.train, rt,
+                                      ctx.run_dir / "checkpoints" / f"prune_step{i}", cfg.seed,
+                                      epochs=comp.step_epochs)
+            seen += history_metrics(history, cfg.train.select_on)["train/images_seen"]
+        save_pruned(step_path, model.cpu(), widths, {"step": i, "images_seen": seen})
     if comp.init == "scratch":  # the builder's own init where it has one (else torch's defaults)
         reinitialize(model, cfg.seed, family_init(cfg.model.arch["_target_"]))
     # layers that run only in training (aux heads) are outside the traced plan: check MACs only
     check_plan_cost(model, plan, ctx.input_size, "pruned",
                     params=not train_only_layers(model.cpu(), example))
     save_pruned(path, model.cpu(), plan.widths(), {"criterion": criterion.name, "init": comp.init,
-                                                   "steps": comp.steps})
+                                                   "steps": comp.steps, "step_images_seen": seen})
     return model
