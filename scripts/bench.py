@@ -64,9 +64,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("section", choices=["train", "plan", "deploy", "widths", "compile", "latency", "int8"], nargs="?",
                    default="train")
-    p.add_argument("--experiments", nargs="+", default=["googlenet_rs", "mobilenet_rs"],
+    p.add_argument("--experiments", nargs="*", default=["googlenet_rs", "mobilenet_rs"],
                    help="widths: thesis experiments whose Psi and Psi' are timed; int8: whose "
-                        "released Psi is quantized")
+                        "released Psi is quantized (none: only --run-dirs)")
     p.add_argument("--run-dirs", nargs="*", default=[],
                    help="int8: finished run directories with export/model.onnx and model_int8.onnx "
                         "(and, for executorch, config.yaml, checkpoints/model.pt and any plan.json)")

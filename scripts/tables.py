@@ -238,6 +238,8 @@ def network(cfg: dict) -> tuple[float, str]:
                                  if comp == "netadapt" else "") + f", carved ({criterion(cfg)}) + fine-tuned"
     elif policy == "none":
         rank, name = 6, "full width, " + ("fine-tuned" if conf(cfg, "model.checkpoint") else "from scratch")
+        if conf(cfg, "model.checkpoint") and conf(cfg, "train.epochs") == 0:
+            name = AS_GIVEN  # its weights evaluated and exported as they are
     else:
         rank = POLICY_ORDER.get(policy, 5) + (comp == "prune")
         name = ("Psi' (rs)" if policy == "rs" else policy) + (
@@ -265,7 +267,7 @@ def network(cfg: dict) -> tuple[float, str]:
         name += f", augmentation {augmentation(cfg)}"
     recipe = "carve" if comp == "prune" or comp in SEARCHES else "finetune" if policy == "none" else "scratch"
     epochs = trained_epochs(cfg)
-    if epochs is not None and epochs != RECIPE_EPOCHS[recipe]:
+    if epochs is not None and epochs != RECIPE_EPOCHS[recipe] and name != AS_GIVEN:
         rank += 0.01
         name += f", {epochs} epoch{'s' * (epochs != 1)}"
     return rank, name
@@ -288,6 +290,7 @@ RECIPE_EPOCHS = recipe_epochs()
 EPOCHS_SUFFIX = re.compile(r", (\d+) epochs?$")
 
 
+AS_GIVEN = "full width, trained weights as given (no training)"  # train.epochs=0, model.checkpoint
 SEARCHES = {"netadapt": "NetAdapt", "morphnet": "MorphNet"}  # compression methods that plan
 LATENCY_BUDGET = ", latency budget"  # scaling.budget.unit=latency: one-shot against the table
 CONSTANT = ", constant sparsity"

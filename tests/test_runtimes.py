@@ -6,7 +6,9 @@ directory's model rebuilt for ExecuTorch)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from rsnet.deploy.runtimes import ExecuTorch, OpenVINO, predict_logits, predicto
 from rsnet.errors import RsnetError
 from rsnet.report import deployment_lines
 from test_prune import TOYS, trained_looking
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.integration]  # exports, like test_deploy
 SIZE = 16
@@ -215,6 +219,17 @@ def test_bench_int8_refuses_an_unknown_runtime(monkeypatch, capsys):
     assert "--runtimes: invalid choice: 'tflite'" in capsys.readouterr().err
 
 
+def test_bench_int8_of_run_directories_only_names_a_run_without_its_export(tmp_path):
+    """``--experiments`` with no name benchmarks only --run-dirs (e.g. the VGG-16 study's
+    runs); a directory without its exported files is one error naming it, and no JSON."""
+    out = tmp_path / "int8.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "int8", "--experiments",
+                          "--runtimes", "ort", "--run-dirs", str(tmp_path / "unfinished"),
+                          "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr
+    assert f"bench int8: {tmp_path / 'unfinished'} has no" in res.stderr and not out.exists()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three finished tiny runs (N = 4, export=int8): one built at the rs plan's widths
@@ -259,12 +274,14 @@ def test_bench_int8_rebuilds_a_run_s_model_as_it_was_exported(runs):
             got = torch.cat([net(x) for x in batches])
         ref = onnx_logits(open_session(runs / name / "export" / "model.onnx", 1), batches)
         assert got.shape == (len(data.test), 4) and (got - ref).abs().max().item() < 1e-4, name
-    args = argparse.Namespace(experiments=[], run_dirs=[str(runs / "plan"), str(runs / "carve")],
-                              latency_batch=4, repeats=1, runtimes=["ort", "executorch"])
+    args = argparse.Namespace(experiments=[], latency_batch=4, repeats=1, runtimes=["ort", "executorch"],
+                              run_dirs=[str(runs / name) for name in ("plan", "carve", "full")])
     rows = bench.bench_int8(args)["rows"]
-    # a run's row names its experiment (the family) as well as its directory's overrides
+    # a run's row names its experiment (the family), whether it was scaled (a plan, a carved
+    # structure) and its directory's overrides
     cfg_name = OmegaConf.load(runs / "plan" / "config.yaml").name
-    assert [r["model"] for r in rows] == [f"{cfg_name} Psi' (plan)", f"{cfg_name} Psi' (carve)"]
+    assert [r["model"] for r in rows] == [f"{cfg_name} Psi' (plan)", f"{cfg_name} Psi' (carve)",
+                                          f"{cfg_name} full width (full)"]
     for row in rows:
         assert abs(row["executorch_fp32_acc"] - row["ort_fp32_acc"]) <= 1 / row["test_images"] + 1e-9
         assert row["executorch_fp32_b4_ms"] > 0 and "openvino_fp32_acc" not in row

@@ -512,6 +512,15 @@ def test_iterative_pruning_is_compared_with_one_shot_at_equal_training_epochs(tm
     assert iterative[0][8:10] == ["2", "0.0300"]
 
 
+def test_trained_weights_exported_without_training_are_named_so(tmp_path):
+    """train.epochs=0 with model.checkpoint (e.g. the VGG-16 study's unpruned reference): the
+    weights as given, not "fine-tuned, 0 epochs"."""
+    thesis_run(tmp_path / "sweep" / "given", scaling="none", epochs=0, metrics=COMMON)
+    res = stats_cli(tmp_path / "sweep")
+    assert res.returncode == 0, res.stderr
+    assert [r[3] for r in md_rows(res.stdout, 0)] == ["full width, trained weights as given (no training)"]
+
+
 def test_a_network_taught_by_a_run_is_paired_with_the_same_network_untaught(tmp_path):
     """scripts/evidence/kd_cifar.sh: a network trained with a teacher run (train.distill.teacher)
     against the same network and recipe without one, seed by seed, on plain and int8 accuracy."""

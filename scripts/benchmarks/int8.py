@@ -92,7 +92,9 @@ def _run_dir_model(run_dir: Path, out: Path, args) -> tuple:
     data, size = build_data(cfg.dataset), cfg.model.input_size
     net = rebuilt_run_model(run_dir, cfg, data) if "executorch" in args.runtimes else None
     files = _runtime_files(onnx, net, size, _int8_calibration(cfg, data), args, out)
-    return f"{cfg.name} Psi' ({run_label(run_dir.name)})", files, data, size
+    scaled = (run_dir / "plan.json").is_file() or (run_dir / "checkpoints" / "pruned.pt").is_file()
+    network = "Psi'" if scaled else "full width"  # a plan or a carved structure, or neither
+    return f"{cfg.name} {network} ({run_label(run_dir.name)})", files, data, size
 
 
 def rebuilt_run_model(run_dir: Path, cfg, data) -> torch.nn.Module:

@@ -10,11 +10,18 @@
 #   epochs, so "iterative vs one-shot" compares them at equal training images: the iterative
 #   run fine-tunes FT_EPOCHS after its last step, the one-shot run FT_EPOCHS plus the
 #   (ITER_STEPS - 1) x STEP_EPOCHS the iterative run spent between its steps. Then the tables:
-#   results/vgg16_featuremap/prune.md/.csv  every run: params, MACs, test accuracy fp32 / int8,
-#                                           file sizes, ORT batch-1 latency
+#   results/vgg16_featuremap/prune.md/.csv  every run (and the unpruned reference: the baseline's
+#                                           weights exported): params, MACs, test accuracy fp32 /
+#                                           int8, file sizes, ORT batch-1 latency as each run's
+#                                           export measured it (beside whatever else ran)
 #   results/vgg16_featuremap/stats.md       every recipe over seeds; pairs "<criterion> vs l1",
 #                                           "<criterion> vs random", "iterative vs one-shot"
 #   results/vgg16_featuremap/runs.jsonl     the finished runs' records (tables.py records)
+#   results/vgg16_featuremap/runtimes.json/.md  time per image (batch 1) and accuracy, fp32
+#                                           and int8, on ONNX Runtime, OpenVINO and ExecuTorch:
+#                                           the unpruned reference and seed 0 of every recipe (bench.py
+#                                           int8, 5 interleaved rounds, 2 threads). It times:
+#                                           run it on idle cores; BENCH=0 leaves it out.
 # Every run resumes from its run directory; rerun the same command after a kill.
 #   RUNS=/work/runs bash scripts/evidence/vgg_featuremap.sh
 # EXTRA="train.threads=1" adds overrides that do not change results.
@@ -38,12 +45,20 @@ acc = json.load(open(sys.argv[1]))["test/acc"]
 sys.exit(0 if acc >= 0.88 else f"{sys.argv[1]}: VGG-16 test accuracy {acc:.4f} is below the "
          f"proposal's 0.88: train it longer (BASE_EPOCHS) before pruning")
 PY
+# the unpruned reference, measured as the pruned runs are: the baseline's weights evaluated and
+# exported (ONNX fp32 + static int8), no training
+python scripts/run.py experiment=vgg16_cifar_baseline model.checkpoint=$dir/baseline/checkpoints/model.pt \
+    train.epochs=0 export=int8 progress=false ${EXTRA:-} hydra.run.dir=$dir/reference
 sweep="python scripts/run.py -m experiment=vgg16_prune_half model.checkpoint=$dir/baseline/checkpoints/model.pt \
     seed=$SEEDS progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned compression/criterion=$CRITERIA"
 $sweep compression.steps=1 train.epochs=$ONESHOT_EPOCHS
 $sweep compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS
 mkdir -p $out
-python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/pruned \
+python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/reference $dir/pruned \
     --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
 python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
 python scripts/tables.py stats $out/runs.jsonl --out $out
+if [ "${BENCH:-1}" = 1 ]; then
+    python scripts/bench.py int8 --experiments --latency-batch 1 --repeats 5 --out $out/runtimes.json \
+        --run-dirs $dir/reference $(grep -l '^seed: 0$' $dir/pruned/*/config.yaml | xargs -n1 dirname)
+fi
