@@ -261,6 +261,15 @@ def test_pruning_to_the_plan_realises_it_and_resumes(tmp_path):
     resumed = json.loads((d / "metrics.json").read_text())
     assert resumed["model/params"] == metrics["model/params"]
     assert resumed["prune/step_images_seen"] == metrics["prune/step_images_seen"]
+    # a pruned.pt written before the between-step training was recorded: unknown, not 0
+    import torch
+    pruned = torch.load(d / "checkpoints" / "pruned.pt", weights_only=True)
+    del pruned["meta"]["step_images_seen"]
+    torch.save(pruned, d / "checkpoints" / "pruned.pt")
+    (d / "metrics.json").unlink()
+    old = run(tmp_path, *args)
+    assert old.returncode == 0, old.stderr[-2000:]
+    assert json.loads((d / "metrics.json").read_text())["prune/step_images_seen"] is None
 
 
 def test_prune_without_a_plan_names_the_setting(tmp_path):

@@ -91,8 +91,8 @@ class Carve:
         ctx.model = _from_rank0(lambda: carve(ctx), ctx.rt)
         ctx.pruned = True
         # the iterative run's fine-tuning between its steps (a comparison at equal compute
-        # counts it with train/images_seen)
-        between = pruned_meta(ctx.run_dir / "checkpoints" / "pruned.pt").get("step_images_seen", 0)
+        # counts it with train/images_seen); None from a file written before it was recorded
+        between = pruned_meta(ctx.run_dir / "checkpoints" / "pruned.pt").get("step_images_seen")
         ctx.metrics.update({"prune/criterion": comp.criterion.name, "prune/init": comp.init,
                             "prune/steps": comp.steps, "prune/step_images_seen": between})
 
@@ -134,12 +134,12 @@ def carve(ctx: Context) -> torch.nn.Module:
     calib = calibration_batches(data.train, comp.calib_images, data.mean, data.std,
                                 seed=cfg.seed) if criterion.data_driven else None
     schedule = width_schedule(current_widths(model), plan.widths(), comp.steps)
-    seen = 0  # training images of the fine-tuning between steps, so far
+    seen = 0  # training images of the fine-tuning between steps so far (None: not recorded)
     for i, widths in enumerate(schedule, start=1):
         step_path = ctx.run_dir / "checkpoints" / f"prune_step{i}.pt"
         if step_path.exists():  # resume an iterative run after its last finished step
             model = load_pruned(step_path, ctx.nway_arch, example)
-            seen = pruned_meta(step_path).get("images_seen", 0)
+            seen = pruned_meta(step_path).get("images_seen")
             continue
         model = rt.prepare(prune_to_widths(model.cpu().float(), widths, example, criterion,
                                            calib, cfg.seed))
@@ -149,7 +149,8 @@ def carve(ctx: Context) -> torch.nn.Module:
             history = fit_from_config(model, data, cfg.train, rt,
                                       ctx.run_dir / "checkpoints" / f"prune_step{i}", cfg.seed,
                                       epochs=comp.step_epochs)
-            seen += history_metrics(history, cfg.train.select_on)["train/images_seen"]
+            if seen is not None:
+                seen += history_metrics(history, cfg.train.select_on)["train/images_seen"]
         save_pruned(step_path, model.cpu(), widths, {"step": i, "images_seen": seen})
     if comp.init == "scratch":  # the builder's own init where it has one (else torch's defaults)
         reinitialize(model, cfg.seed, family_init(cfg.model.arch["_target_"]))
