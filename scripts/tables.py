@@ -831,15 +831,77 @@ def gmp_table(dirs: list[Path]) -> tuple[list[str], list[list[str]], list[str]]:
     return header, table, errors
 
 
-def gmp(paths: list[Path], csv_path: Path | None) -> int:
-    """Print (and with csv_path, write) the GMP table; 1 where runs of one row and seed disagree."""
-    header, table, errors = gmp_table(run_dirs(paths))
+def gmp(paths: list[Path], csv_path: Path | None, plot_path: Path | None = None) -> int:
+    """Print (and with csv_path, write) the GMP table, and with plot_path its plot (:func:`gmp_plot`);
+    1 where runs of one row and seed disagree."""
+    dirs = run_dirs(paths)
+    header, table, errors = gmp_table(dirs)
     for line in errors:
         print(line, file=sys.stderr)
     print(markdown(header, table), end="")
     if csv_path:
         write_csv(csv_path, header, table)
+    if plot_path:
+        gmp_plot(gmp_curves([gmp_entry(d) for d in dirs]), plot_path)
     return 1 if errors else 0
+
+
+GMP_SIZES = [("fp32 ONNX", "export/onnx_bytes"), ("fp32 ONNX, gzip -9", "export/onnx_gzip_bytes"),
+             ("int8 ONNX", "int8/bytes"), ("int8 ONNX, gzip -9", "int8/gzip_bytes")]
+
+
+def gmp_curves(entries: list[dict]) -> dict[str, dict]:
+    """What :func:`gmp_plot` draws, per model: fp32 test accuracy (n, mean, sd over the seeds)
+    at each target sparsity, one series per schedule and augmentation, starting at the dense
+    reference trained with the same augmentation; and each stored size (mean over every
+    finished run at that target sparsity) against the target sparsity."""
+    done = [e for e in entries if e["m"]]
+    curves = {}
+    for model in sorted({str(e["model"]) for e in done}):
+        runs = [e for e in done if str(e["model"]) == model]
+        acc = {}
+        for sched, aug in sorted({(e["schedule"], e["augmentation"]) for e in runs if e["schedule"] != "dense"},
+                                 key=lambda sa: (SCHEDULE_ORDER.get(sa[0], 3), sa[0], sa[1] != "on", sa[1])):
+            points = [e for e in runs if e["augmentation"] == aug and e["schedule"] in ("dense", sched)]
+            acc[f"{sched}, augmentation {aug}"] = [
+                (x, *mean_sd([e["m"]["test/acc"] for e in points if e["target sparsity"] == x
+                              and number(e["m"].get("test/acc"))]))
+                for x in sorted({e["target sparsity"] for e in points})]
+        sizes = {label: [(x, mean_sd([e["m"][k] for e in runs if e["target sparsity"] == x
+                                      and number(e["m"].get(k))])[1])
+                         for x in sorted({e["target sparsity"] for e in runs})]
+                 for label, k in GMP_SIZES}
+        curves[model] = {"acc": acc, "sizes": sizes}
+    return curves
+
+
+def gmp_plot(curves: dict[str, dict], path: Path) -> None:
+    """Per model (a column): fp32 test accuracy against target sparsity (mean ± sd over the
+    seeds, one line per schedule and augmentation), and the stored file sizes against it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, max(1, len(curves)), figsize=(5.5 * max(1, len(curves)), 7.5),
+                             squeeze=False, layout="constrained")
+    for col, (model, c) in enumerate(curves.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        for i, (name, pts) in enumerate(c["acc"].items()):
+            pts = [p for p in pts if p[2] is not None]
+            top.errorbar([p[0] for p in pts], [100 * p[2] for p in pts],
+                         yerr=[100 * (p[3] or 0) for p in pts], marker="o", capsize=3,
+                         color=f"C{i}", linestyle="-" if "augmentation on" in name else "--",
+                         label=f"{name} (n = {'/'.join(str(p[1]) for p in pts)})")
+        top.set(title=model, xlabel="target sparsity", ylabel="fp32 test accuracy (%)")
+        for i, (name, pts) in enumerate(c["sizes"].items()):
+            pts = [p for p in pts if p[1] is not None]
+            bottom.plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], marker="o", color=f"C{i}", label=name)
+        bottom.set(xlabel="target sparsity", ylabel="stored file (kB)", ylim=(0, None))
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def records(paths: list[Path], out: Path | None) -> int:
@@ -865,6 +927,8 @@ def main() -> None:
     p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "gmp", "records", "stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp)")
+    p.add_argument("--plot", type=Path, help="gmp: also draw accuracy and stored size against "
+                                             "sparsity (PNG)")
     p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
                    "stats: stats.md, summary.md, stats_rows.csv, stats_pairs.csv; records: the "
                    "runs.jsonl file")
@@ -874,7 +938,7 @@ def main() -> None:
     if args.kind == "records":
         sys.exit(records(args.paths, args.out))
     if args.kind == "gmp":
-        sys.exit(gmp(args.paths, args.csv))
+        sys.exit(gmp(args.paths, args.csv, args.plot))
     if args.kind == "curve":
         return curve(args.paths, args.out)
     if args.kind == "thesis":

@@ -652,6 +652,28 @@ def test_gmp_table_gives_accuracy_over_seeds_sparsity_and_stored_sizes(tmp_path)
     assert (tmp_path / "gmp.csv").read_text().count("\n") == 7
 
 
+def test_gmp_plot_draws_accuracy_from_the_dense_reference_and_stored_sizes(tmp_path):
+    """tables.py gmp --plot: each schedule's accuracy line starts at the dense reference trained
+    with the same augmentation (mean ± sd over seeds), sizes are means over the finished runs at
+    each sparsity (the killed 70 % run adds nothing); the PNG is written."""
+    gmp_sweep(tmp_path / "sweep")
+    tables("gmp", tmp_path / "sweep", "--plot", tmp_path / "gmp.png")
+    assert (tmp_path / "gmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    t = load_script("tables")
+    curves = t.gmp_curves([t.gmp_entry(d) for d in t.run_dirs([tmp_path / "sweep"])])
+    acc = curves["resnet20"]["acc"]
+    assert list(acc) == ["polynomial, augmentation on", "polynomial, augmentation off",
+                         "constant, augmentation on", "constant, augmentation off"]
+    (x0, n0, m0, sd0), (x1, n1, m1, sd1) = acc["polynomial, augmentation on"]
+    assert (x0, n0, x1, n1) == (0, 3, 0.6, 3)
+    assert (m0, sd0, m1, sd1) == pytest.approx((0.8367, 0.0058, 0.82, 0.01), abs=1e-4)
+    assert acc["constant, augmentation off"] == [(0.6, 1, pytest.approx(0.65), None)]  # no dense run
+    sizes = curves["resnet20"]["sizes"]
+    # 8 runs at 60 %: (400 + 403 + 406 + 3 x 401 + 400 + 400) k / 8
+    assert sizes["fp32 ONNX, gzip -9"] == [(0, 930_000), (0.6, pytest.approx(401_500))]
+    assert [x for x, _ in sizes["int8 ONNX"]] == [0, 0.6]
+
+
 def test_stats_pair_polynomial_with_constant_sparsity_seed_by_seed(tmp_path):
     gmp_sweep(tmp_path / "sweep")
     res = stats_cli(tmp_path / "sweep")

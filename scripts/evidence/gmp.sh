@@ -12,7 +12,7 @@
 #   2. without augmentation, seed 0 only: the same five runs, rows to look at, not conclusions
 #      (one seed gives no interval);
 # then the tables: results/gmp/gmp.md and .csv (accuracy fp32 / int8 over seeds, sparsity,
-# file sizes) and results/gmp/stats.md (every row over seeds; pairs "polynomial vs constant"
+# file sizes), its plot results/gmp/gmp.png and results/gmp/stats.md (every row over seeds; pairs "polynomial vs constant"
 # and "magnitude-pruned vs dense").
 # Runs go to $RUNS/cifar_gmp/<overrides> (RUNS=outputs/multirun by default). Rerun the same
 # command after a kill: finished runs are skipped stage by stage, a killed one resumes from its
@@ -66,7 +66,7 @@ for model in $MODELS; do
     five model=$model seed=0 $NOAUG
 done
 mkdir -p $OUT
-python scripts/tables.py gmp "$SWEEP" --csv $OUT/gmp.csv > $OUT/gmp.md || status=1
+python scripts/tables.py gmp "$SWEEP" --csv $OUT/gmp.csv --plot $OUT/gmp.png > $OUT/gmp.md || status=1
 python scripts/tables.py stats "$SWEEP" --out $OUT || status=1
 cat $OUT/gmp.md
 [ "$status" -eq 0 ] || echo "gmp.sh: a run or a table failed; see $SWEEP/*/run.log and sweep.json" >&2
