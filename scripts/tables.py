@@ -892,7 +892,7 @@ def gmp_plot(curves: dict[str, dict], path: Path) -> None:
                          yerr=[100 * (p[3] or 0) for p in pts], marker="o", capsize=3,
                          color=f"C{i}", linestyle="-" if "augmentation on" in name else "--",
                          label=f"{name} (n = {'/'.join(str(p[1]) for p in pts)})")
-        top.set(title=model, xlabel="target sparsity", ylabel="fp32 test accuracy (%)")
+        top.set(title=model, xlabel="target sparsity", ylabel="fp32 test accuracy (%), mean ± sd")
         for i, (name, pts) in enumerate(c["sizes"].items()):
             pts = [p for p in pts if p[1] is not None]
             bottom.plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], marker="o", color=f"C{i}", label=name)
