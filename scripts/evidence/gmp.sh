@@ -35,10 +35,11 @@
 # speed: 469 images/s on 2 idle AMD cores) would make it about 15 hours. Estimate: 15-65 hours
 # on 2 idle cores. At the measured 19.7 images/s (other jobs on the cores) it would take about
 # two weeks: run it on idle cores, or with EXTRA="train.threads=1" beside other jobs.
-# Measured since, on the 2-core AMD EPYC with AVX512-BF16 (bf16 training): the first run
-# (compression=none, model=resnet20, seed=0) trained in 981 s at 375 images/s with one thread
-# beside two other one-thread trainings, about 18 minutes with its evaluation and export: about
-# 6 hours for the 20 ResNet-20 runs in one such slot, about 14 hours for ResNet-44's 20.
+# Measured since, on the 2-core AMD EPYC with AVX512-BF16 (bf16 training), one thread beside
+# one or two other one-thread trainings: the 15 ResNet-20 runs with augmentation trained in
+# 449 to 1,260 s each (train/time_s in results/gmp/runs.jsonl; one run timed across a SIGSTOP
+# pause left out), about 8 to 21 minutes, plus 1 to 2 minutes of evaluation and export: about
+# 4 to 7 hours for a model's 20 runs in one such slot for ResNet-20, 2.4x that for ResNet-44.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODELS=${MODELS:-"resnet20 resnet44"}
