@@ -38,8 +38,8 @@
 # Measured since, on the 2-core AMD EPYC with AVX512-BF16 (bf16 training), one thread beside
 # one or two other one-thread trainings: the 15 ResNet-20 runs with augmentation trained in
 # 449 to 1,260 s each (train/time_s in results/gmp/runs.jsonl; one run timed across a SIGSTOP
-# pause left out), about 8 to 21 minutes, plus 1 to 2 minutes of evaluation and export: about
-# 4 to 7 hours for a model's 20 runs in one such slot for ResNet-20, 2.4x that for ResNet-44.
+# pause left out), about 8 to 21 minutes before evaluation and export: 2.5 to 7 hours of
+# training for ResNet-20's 20 runs in one such slot, about 2.4x that for ResNet-44.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODELS=${MODELS:-"resnet20 resnet44"}
