@@ -804,11 +804,11 @@ def gmp_entry(d: Path) -> dict:
             "seed": conf(cfg, "seed"), "m": m, "run": label}
 
 
-def gmp_table(dirs: list[Path]) -> tuple[list[str], list[list[str]], list[str]]:
+def gmp_table(entries: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     """One row per model, target sparsity, schedule and augmentation: accuracies as "mean ± sd
     (n seeds)", sparsity and file sizes as means over the seeds, the gzip sizes as fractions of
     the plain fp32 file (the same size with or without zeros), and the unfinished runs."""
-    entries = sorted((gmp_entry(d) for d in dirs), key=lambda e: (
+    entries = sorted(entries, key=lambda e: (
         str(e["model"]), e["target sparsity"] or 0, SCHEDULE_ORDER.get(e["schedule"], 3),
         e["augmentation"] != "on", e["augmentation"], e["run"]))
     groups, errors = by_seed([e for e in entries if e["m"]], GMP_KEYS,
@@ -834,15 +834,15 @@ def gmp_table(dirs: list[Path]) -> tuple[list[str], list[list[str]], list[str]]:
 def gmp(paths: list[Path], csv_path: Path | None, plot_path: Path | None = None) -> int:
     """Print (and with csv_path, write) the GMP table, and with plot_path its plot (:func:`gmp_plot`);
     1 where runs of one row and seed disagree."""
-    dirs = run_dirs(paths)
-    header, table, errors = gmp_table(dirs)
+    entries = [gmp_entry(d) for d in run_dirs(paths)]
+    header, table, errors = gmp_table(entries)
     for line in errors:
         print(line, file=sys.stderr)
     print(markdown(header, table), end="")
     if csv_path:
         write_csv(csv_path, header, table)
     if plot_path:
-        gmp_plot(gmp_curves([gmp_entry(d) for d in dirs]), plot_path)
+        gmp_plot(gmp_curves(entries), plot_path)
     return 1 if errors else 0
 
 

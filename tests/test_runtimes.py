@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,8 @@ from rsnet.deploy.classify import Classifier, main as classify_main
 from rsnet.deploy.runtimes import ExecuTorch, OpenVINO, predict_logits, predictor_latency
 from rsnet.errors import RsnetError
 from rsnet.report import deployment_lines
+from conftest import REPO
 from test_prune import TOYS, trained_looking
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.integration]  # exports, like test_deploy
 SIZE = 16
@@ -221,13 +219,17 @@ def test_bench_int8_refuses_an_unknown_runtime(monkeypatch, capsys):
 
 def test_bench_int8_of_run_directories_only_names_a_run_without_its_export(tmp_path):
     """``--experiments`` with no name benchmarks only --run-dirs (e.g. the VGG-16 study's
-    runs); a directory without its exported files is one error naming it, and no JSON."""
+    runs); a directory without its exported files is one error naming it, and no JSON; with
+    neither experiments nor run directories there is nothing to measure: an error too."""
     out = tmp_path / "int8.json"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "int8", "--experiments",
                           "--runtimes", "ort", "--run-dirs", str(tmp_path / "unfinished"),
                           "--out", str(out)], capture_output=True, text=True)
     assert res.returncode == 1, res.stderr
     assert f"bench int8: {tmp_path / 'unfinished'} has no" in res.stderr and not out.exists()
+    nothing = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "int8", "--experiments",
+                              "--out", str(out)], capture_output=True, text=True)
+    assert nothing.returncode == 1 and "nothing to measure" in nothing.stderr and not out.exists()
 
 
 @pytest.fixture(scope="module")

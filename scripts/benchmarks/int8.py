@@ -33,6 +33,8 @@ def bench_int8(args) -> dict:
     from rsnet.deploy.onnx_io import MainLogits, export_onnx
     from rsnet.deploy.quant import quantize_int8
 
+    if not args.experiments and not args.run_dirs:
+        raise RsnetError("bench int8: nothing to measure: name --experiments or --run-dirs")
     models = []  # (label, {runtime: {"fp32": path, "int8": path}}, data bundle, input size)
     with tempfile.TemporaryDirectory(prefix="rsnet-bench-int8-") as tmp:
         for experiment in args.experiments:  # Psi as released, quantized as export=int8 does
