@@ -6,8 +6,9 @@
 # by the feature-map criteria HRank, APoZ and mean activation against L1 and random pruning,
 #   one-shot (compression.steps=1) and iterative (ITER_STEPS steps, STEP_EPOCHS fine-tuning
 #   epochs between them), each fine-tuned and exported to ONNX fp32 and static int8, seeds
-#   SEEDS (three: the comparisons get 95 % intervals). Both recipes train the same number of
-#   epochs, so "iterative vs one-shot" compares them at equal training images: the iterative
+#   SEEDS (three: the comparisons get 95 % intervals), seed by seed (every recipe of a seed,
+#   then the tables, then the next seed: a study cut short has whole comparisons). Both
+#   recipes train the same number of epochs, so "iterative vs one-shot" compares them at equal training images: the iterative
 #   run fine-tunes FT_EPOCHS after its last step, the one-shot run FT_EPOCHS plus the
 #   (ITER_STEPS - 1) x STEP_EPOCHS the iterative run spent between its steps. Then the tables:
 #   results/vgg16_featuremap/prune.md/.csv  every run (and the unpruned reference: the baseline's
@@ -50,14 +51,19 @@ PY
 python scripts/run.py experiment=vgg16_cifar_baseline model.checkpoint=$dir/baseline/checkpoints/model.pt \
     train.epochs=0 export=int8 progress=false ${EXTRA:-} hydra.run.dir=$dir/reference
 sweep="python scripts/run.py -m experiment=vgg16_prune_half model.checkpoint=$dir/baseline/checkpoints/model.pt \
-    seed=$SEEDS progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned compression/criterion=$CRITERIA"
-$sweep compression.steps=1 train.epochs=$ONESHOT_EPOCHS
-$sweep compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS
-mkdir -p $out
-python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/reference $dir/pruned \
-    --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
-python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
-python scripts/tables.py stats $out/runs.jsonl --out $out
+    progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned compression/criterion=$CRITERIA"
+tables() {  # the tables from every finished run (after each seed, so a cut-short study has them)
+    mkdir -p $out
+    python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/reference \
+        $dir/pruned --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
+    python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
+    python scripts/tables.py stats $out/runs.jsonl --out $out
+}
+for seed in ${SEEDS//,/ }; do  # seed by seed: a study cut short still has whole comparisons
+    $sweep seed=$seed compression.steps=1 train.epochs=$ONESHOT_EPOCHS
+    $sweep seed=$seed compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS
+    tables
+done
 if [ "${BENCH:-1}" = 1 ]; then
     python scripts/bench.py int8 --experiments --latency-batch 1 --repeats 5 --out $out/runtimes.json \
         --run-dirs $dir/reference $(grep -l '^seed: 0$' $dir/pruned/*/config.yaml | xargs -n1 dirname)
