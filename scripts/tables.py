@@ -946,9 +946,19 @@ def main() -> None:
         return
     header = [c for c, _ in COLUMNS[args.kind]]
     table = rows(args.kind, run_dirs(args.paths))
-    print(markdown(header, table), end="")
+    print(without_empty_columns(header, table), end="")
     if args.csv:
         write_csv(args.csv, header, table)
+
+
+def without_empty_columns(header: list[str], table: list[list[str]]) -> str:
+    """The markdown table less the columns that are missing in every row (measures no run of
+    this study makes, e.g. NetAdapt's in a criteria study), named in a line below it; the CSV
+    keeps every column."""
+    keep = [i for i, _ in enumerate(header) if i == 0 or any(r[i] != "missing" for r in table)]
+    text = markdown([header[i] for i in keep], [[r[i] for i in keep] for r in table])
+    empty = [h for i, h in enumerate(header) if i not in keep]
+    return text + (f"\nNo run has: {', '.join(empty)}.\n" if table and empty else "")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@
 #   results/kd_cifar/runs.jsonl the finished runs' records (tables.py records)
 # Every run resumes from its run directory; rerun the same command after a kill.
 #   RUNS=/work/runs bash scripts/evidence/kd_cifar.sh
-# EXTRA="train.threads=1" adds overrides that do not change results.
+# EXTRA="train.threads=1" adds overrides that do not change results; OUT moves the tables;
+# NETWORKS and SEEDS run a part (the tests run the whole script on tiny synthetic runs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EPOCHS=${EPOCHS:-10}
@@ -22,7 +23,7 @@ SEEDS=${SEEDS:-0,1,2}
 NETWORKS=${NETWORKS:-"kd_mobilenet_cifar kd_wrn_cifar"}
 RUNS=${RUNS:-outputs/multirun}
 dir=$RUNS/kd_cifar
-out=results/kd_cifar
+out=${OUT:-results/kd_cifar}
 teacher=$dir/teacher
 python scripts/run.py experiment=resnet56_finetune progress=false ${EXTRA:-} hydra.run.dir=$teacher
 for e in $NETWORKS; do
