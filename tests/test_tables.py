@@ -47,6 +47,19 @@ def test_missing_runs_are_marked_missing(tmp_path):
     assert len(csv_rows) == 3 and "MACs" in csv_rows[0] and "NetAdapt table b1 (ms)" in csv_rows[0]
 
 
+@pytest.mark.parametrize("kind", ["prune", "stats", "gmp", "records", "thesis"])
+def test_a_table_of_no_runs_is_an_error_not_an_empty_table(tmp_path, kind):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "runs.jsonl"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), kind, str(tmp_path / "empty"),
+                          str(tmp_path / "typo"), *(["--out", str(out)] if kind == "records" else [])],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout == "" and not out.exists()
+    assert res.stderr.strip() == (f"tables.py {kind}: no runs in {tmp_path / 'empty'} {tmp_path / 'typo'} "
+                                  "(a run directory has config.yaml; give run or sweep directories or "
+                                  "runs.jsonl files)")
+
+
 def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null",
                misc_multiplier=1, epochs=None, budget_unit="params", keep_narrow=False):
     path.mkdir(parents=True)

@@ -8,9 +8,10 @@
 #   epochs between them), each fine-tuned and exported to ONNX fp32 and static int8, seeds
 #   SEEDS (three: the comparisons get 95 % intervals), seed by seed (every recipe of a seed,
 #   then the tables, then the next seed: a study cut short has whole comparisons). Both
-#   recipes train the same number of epochs, so "iterative vs one-shot" compares them at equal training images: the iterative
-#   run fine-tunes FT_EPOCHS after its last step, the one-shot run FT_EPOCHS plus the
-#   (ITER_STEPS - 1) x STEP_EPOCHS the iterative run spent between its steps. Then the tables:
+#   recipes train the same number of epochs, so "iterative vs one-shot" compares them at
+#   equal training images: the iterative run fine-tunes FT_EPOCHS after its last step, the
+#   one-shot run FT_EPOCHS plus the (ITER_STEPS - 1) x STEP_EPOCHS the iterative run spent
+#   between its steps. Then the tables:
 #   results/vgg16_featuremap/prune.md/.csv  every run (and the unpruned reference: the baseline's
 #                                           weights exported): params, MACs, test accuracy fp32 /
 #                                           int8, file sizes, ORT batch-1 latency as each run's
