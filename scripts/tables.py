@@ -92,9 +92,10 @@ class Record(NamedTuple):
     config: dict
 
 
-def run_dirs(paths: list[Path], warn: bool = True) -> list[Path | Record]:
+def run_dirs(paths: list[Path]) -> list[Path | Record]:
     """The runs under ``paths``: run directories, sweep directories searched for them, and
-    runs.jsonl files of :class:`Record` lines (``warn``: name a path that is none of these)."""
+    runs.jsonl files of :class:`Record` lines; none at all (a typo, an empty sweep) is an error,
+    not an empty table."""
     found: list[Path | Record] = []
     for p in paths:
         if p.is_file() and p.suffix == ".jsonl":
@@ -103,8 +104,11 @@ def run_dirs(paths: list[Path], warn: bool = True) -> list[Path | Record]:
             found.append(p)
         elif p.is_dir():
             found += sorted(d.parent for d in p.rglob("config.yaml") if d.parent.name != ".hydra")
-        elif warn:
+        else:
             print(f"warning: {p} is not a run or sweep directory", file=sys.stderr)
+    if not found:
+        sys.exit(f"tables.py: no runs in {' '.join(map(str, paths))} (a run directory has "
+                 f"config.yaml; give run or sweep directories or runs.jsonl files)")
     return found
 
 
@@ -933,9 +937,6 @@ def main() -> None:
                    "stats: stats.md, summary.md, stats_rows.csv, stats_pairs.csv; records: the "
                    "runs.jsonl file")
     args = p.parse_args()
-    if args.kind != "curve" and not run_dirs(args.paths, warn=False):
-        sys.exit(f"tables.py {args.kind}: no runs in {' '.join(map(str, args.paths))} (a run directory "
-                 f"has config.yaml; give run or sweep directories or runs.jsonl files)")
     if args.kind == "stats":
         sys.exit(stats(args.paths, args.out))
     if args.kind == "records":
@@ -958,8 +959,7 @@ def without_empty_columns(header: list[str], table: list[list[str]]) -> str:
     """The markdown table less the columns that are missing in every row (measures no run of
     this study makes, e.g. NetAdapt's in a criteria study), named in a line below it; the CSV
     keeps every column."""
-    keep = [i for i, _ in enumerate(header)
-            if i == 0 or not table or any(r[i] != "missing" for r in table)]
+    keep = [i for i, _ in enumerate(header) if i == 0 or any(r[i] != "missing" for r in table)]
     text = markdown([header[i] for i in keep], [[r[i] for i in keep] for r in table])
     empty = [h for i, h in enumerate(header) if i not in keep]
     return text + (f"\nNo run has: {', '.join(empty)}.\n" if empty else "")

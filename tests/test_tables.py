@@ -55,9 +55,10 @@ def test_a_table_of_no_runs_is_an_error_not_an_empty_table(tmp_path, kind):
                           str(tmp_path / "typo"), *(["--out", str(out)] if kind == "records" else [])],
                          capture_output=True, text=True)
     assert res.returncode == 1 and res.stdout == "" and not out.exists()
-    assert res.stderr.strip() == (f"tables.py {kind}: no runs in {tmp_path / 'empty'} {tmp_path / 'typo'} "
-                                  "(a run directory has config.yaml; give run or sweep directories or "
-                                  "runs.jsonl files)")
+    assert res.stderr.splitlines() == [
+        f"warning: {tmp_path / 'typo'} is not a run or sweep directory",
+        f"tables.py: no runs in {tmp_path / 'empty'} {tmp_path / 'typo'} (a run directory has "
+        "config.yaml; give run or sweep directories or runs.jsonl files)"]
 
 
 def thesis_run(path, scaling="rs", compression="none", metrics=None, seed=0, round_to="null",
