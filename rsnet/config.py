@@ -259,6 +259,9 @@ class RunConfig:
     stop_after: str = "report"  # one of STAGES
     overwrite: bool = False  # allow reusing a run directory that holds a different config
     progress: bool = True  # progress bars
+    # a runs.jsonl of finished runs (scripts/tables.py records): a run recorded there (the same
+    # label, config and model.checkpoint contents) is finished and is not run again
+    records: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -272,7 +275,7 @@ class RunConfig:
 
 # Keys that do not change a run's result: they are left out of the run directory's name
 # and of the config fingerprint that decides whether a run directory can be resumed.
-NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "dataset.root", "dataset.cache_dir",
+NON_RESULT_KEYS = ("stop_after", "overwrite", "progress", "records", "dataset.root", "dataset.cache_dir",
                    "train.device", "train.threads", "train.latency_runs", "train.compile", "logger",
                    "model.compile_pays", "train.dist_backend",
                    "train.dist_timeout_min", "train.checkpoint_every_min")

@@ -31,3 +31,25 @@ def native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     flags = cpu_flags()
     return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+@cache
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo), None where it is not readable."""
+    try:
+        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return None
+    return line.split(":", 1)[1].strip()
+
+
+def machine_metrics(device: torch.device, precision: torch.dtype | None) -> dict:
+    """Where a run ran, kept with its metrics (a study's runs may span machines): the CPU model,
+    its bf16 / int8 instruction sets, the GPU if one trained, and the training precision."""
+    out = {"machine/cpu": cpu_model(),
+           "machine/isa": " ".join(n for n, on in cpu_flags().items() if on) or None,
+           "train/precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[precision]}
+    if device.type == "cuda":
+        out["machine/gpu"] = torch.cuda.get_device_name(device)
+    return out

@@ -28,7 +28,9 @@ from rsnet import progress
 from rsnet.config import ADDED_KEYS, IMAGENET_MEAN, IMAGENET_STD, NON_RESULT_KEYS, STAGES
 from rsnet.deploy import CALIB_METHODS
 from rsnet.errors import RsnetError
-from rsnet.models import has_trained_weights, pretrained_weights
+from rsnet.hardware import machine_metrics
+from rsnet.models import checkpoint_sha256, has_trained_weights, pretrained_weights
+from rsnet.records import Record, read_records, run_label
 from rsnet.stages.runs import check_teacher_run
 from rsnet.stages import PIPELINE, Context
 from rsnet.stages.compress import method as compression_method
@@ -109,6 +111,27 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(marker, {"fingerprint": fp})
+
+
+def recorded_run(cfg: DictConfig, run_dir: Path) -> Record | None:
+    """This run's record in ``cfg.records`` (a runs.jsonl of finished runs), or None.
+
+    A record is this run when it has the run's label (experiment name / run directory name),
+    the fingerprint of its config and, where ``model.checkpoint`` is set, that file's SHA-256
+    (other weights at the same path make another run). A study moved to a new machine, its
+    run directories lost, so goes on from the records it committed instead of training again.
+    """
+    path = Path(cfg.records)
+    if not path.is_file():
+        raise RsnetError(f"records={cfg.records}: no such file (a runs.jsonl written by "
+                         f"scripts/tables.py records)")
+    label, fp = run_label(cfg.name, run_dir), fingerprint(cfg)
+    sha = checkpoint_sha256(cfg.model) if cfg.model.checkpoint else None
+    for record in read_records(path):
+        if (record.label == label and fingerprint(OmegaConf.create(record.config)) == fp
+                and record.metrics.get("model/checkpoint_sha256") == sha):
+            return record
+    return None
 
 
 def check_group_names(cfg: DictConfig) -> None:
@@ -204,6 +227,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     use_weights_preprocessing(cfg)  # before the checks and the fingerprint, which see its values
     validate(cfg)
     check_settings(cfg)
+    if cfg.records and (record := recorded_run(cfg, run_dir)):
+        log.info("%s is finished: recorded in %s (records=...); not run again", record.label, cfg.records)
+        return dict(record.metrics)
     torch.manual_seed(cfg.seed)
     rt = resolve_runtime(cfg.train, cfg.model.compile_pays)  # under torchrun: joins its group
     main = rt.dist.is_main  # in a torchrun job only rank 0 reads and writes the run directory
@@ -211,7 +237,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if main:
         prepare_run_dir(cfg, run_dir)
     ctx = Context(cfg, run_dir, rt, {"run/name": cfg.name, "model/name": cfg.model.name,
-                                     "dataset/name": cfg.dataset.name})
+                                     "dataset/name": cfg.dataset.name,
+                                     **machine_metrics(rt.device, rt.autocast_dtype)})
     if main and cfg.get("logger"):
         try:
             ctx.logger = instantiate(cfg.logger)

@@ -55,9 +55,11 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
-
 import yaml
+
+from rsnet.errors import RsnetError
+from rsnet.records import Record, run_label
+from rsnet.records import read_records as records_in
 
 COLUMNS = {
     "prune": [("run", None), ("criterion", "prune/criterion"), ("init", "prune/init"),
@@ -81,15 +83,6 @@ COLUMNS = {
              ("test acc", "test/acc"), ("local", "test/acc_local"), ("global", "test/acc_global"),
              ("raw", "test/acc_raw"), ("misc share", "test/misc_share")],
 }
-
-
-class Record(NamedTuple):
-    """A finished run kept as one line of a runs.jsonl file (``tables.py records``): what the
-    tables read of its run directory, so they can be rebuilt, and merged with later runs,
-    after the directory itself is gone (a study that outlives its machine)."""
-    label: str
-    metrics: dict
-    config: dict
 
 
 def run_dirs(paths: list[Path]) -> list[Path | Record]:
@@ -163,16 +156,11 @@ def lookup(m: dict, cfg: dict, key: str):
 
 
 def read_records(path: Path) -> list[Record]:
-    """The :class:`Record` lines of a runs.jsonl file; one that is not a record stops the
-    command with the file and line named (a table must not silently lose runs)."""
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(Record(**json.loads(line)))
-            except (ValueError, TypeError) as e:
-                sys.exit(f"{path}:{i} is not a run record (label, metrics, config): {e}")
-    return records
+    """The records of a runs.jsonl file; one that is not a record stops the command."""
+    try:
+        return records_in(path)
+    except RsnetError as e:
+        sys.exit(str(e))
 
 
 def load(d: Path | Record) -> tuple[str, dict, dict]:
@@ -181,7 +169,7 @@ def load(d: Path | Record) -> tuple[str, dict, dict]:
         return d.label, d.metrics, d.config
     m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    return f"{cfg.get('name', d.parent.name)}/{d.name}", m, cfg
+    return run_label(cfg.get("name", d.parent.name), d), m, cfg
 
 
 def rows(kind: str, dirs: list[Path]) -> list[list[str]]:
@@ -838,7 +826,7 @@ def gmp_table(entries: list[dict]) -> tuple[list[str], list[list[str]], list[str
 def gmp(paths: list[Path], csv_path: Path | None, plot_path: Path | None = None) -> int:
     """Print (and with csv_path, write) the GMP table, and with plot_path its plot (:func:`gmp_plot`);
     1 where runs of one row and seed disagree."""
-    entries = [gmp_entry(d) for d in run_dirs(paths)]
+    entries = [gmp_entry(d) for d in unique_runs(run_dirs(paths))]
     header, table, errors = gmp_table(entries)
     for line in errors:
         print(line, file=sys.stderr)
@@ -908,14 +896,27 @@ def gmp_plot(curves: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def unique_runs(found: list[Path | Record]) -> list[Path | Record]:
+    """One entry per run (label) of ``found``: a finished one over an unfinished one, then a run
+    directory over a record (the directory is the run as it is now), else the first found."""
+    best: dict[str, tuple[tuple[bool, bool], Path | Record]] = {}
+    for d in found:
+        label, m, _ = load(d)
+        rank = (bool(m), isinstance(d, Path))
+        if label not in best or rank > best[label][0]:
+            best[label] = rank, d
+    return [d for _, d in best.values()]
+
+
 def records(paths: list[Path], out: Path | None) -> int:
     """Write (or print) the finished runs under ``paths`` as runs.jsonl lines (:class:`Record`);
-    a run found twice counts once. Unfinished runs are left out: they resume, records do not."""
+    a run found twice counts once (:func:`unique_runs`). Unfinished runs are left out: they
+    resume, records do not."""
     lines = {}
-    for d in run_dirs(paths):
+    for d in unique_runs(run_dirs(paths)):
         label, m, cfg = load(d)
         if m:
-            lines.setdefault(label, json.dumps(Record(label, m, cfg)._asdict(), sort_keys=True))
+            lines[label] = json.dumps(Record(label, m, cfg)._asdict(), sort_keys=True)
     text = "".join(f"{line}\n" for _, line in sorted(lines.items()))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

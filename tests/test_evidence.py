@@ -7,12 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO
+from rsnet.records import file_sha256
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +45,20 @@ def pairs(out: Path) -> set[tuple[str, str]]:
 
 
 def test_the_vgg16_featuremap_study_runs_every_recipe_records_it_and_resumes(tmp_path):
+    ckpt = tmp_path / "released" / "vgg16_cifar10.pt"
     env = dict(BASE_EPOCHS="2", FT_EPOCHS="1", ITER_STEPS="2", SEEDS="0", CRITERIA="hrank,l1",
-               MIN_ACC="0", BENCH="0", EXTRA=TINY_VGG)
+               MIN_ACC="0", BENCH="0", EXTRA=TINY_VGG, CKPT=str(ckpt))
     res = evidence("vgg_featuremap.sh", tmp_path, **env)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "out"
     runs = {r["label"].rsplit("/", 1)[-1]: r for r in records(out)}
     base, ref = runs.pop("baseline"), runs.pop("reference")
     assert base["config"]["train"]["epochs"] == 2 and ref["config"]["train"]["epochs"] == 0
-    assert ref["metrics"]["test/acc"] == base["metrics"]["test/acc"]  # the same weights, exported
+    # the reference and the pruned runs start from the released (fp16) baseline, by content
+    released = torch.load(ckpt, weights_only=True)
+    assert released["meta"]["test/acc"] == base["metrics"]["test/acc"]
+    assert {r["metrics"]["model/checkpoint_sha256"] for r in [ref, *runs.values()]} == {file_sha256(ckpt)}
+    assert ref["metrics"]["test/acc"] == pytest.approx(base["metrics"]["test/acc"], abs=0.02)
     assert "int8/test/acc" in ref["metrics"]
     # 2 criteria x (one-shot, 2-step iterative), each at about half the baseline's MACs; one-shot
     # trains FT_EPOCHS + (ITER_STEPS - 1) x STEP_EPOCHS = 2 epochs, as many as iterative in all
@@ -76,6 +84,11 @@ def test_the_vgg16_featuremap_study_runs_every_recipe_records_it_and_resumes(tmp
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
     assert (out / "runs.jsonl").read_text() == written
 
+    shutil.rmtree(tmp_path / "runs")  # a new machine: the committed records and release only
+    res = evidence("vgg_featuremap.sh", tmp_path, **env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not list((tmp_path / "runs").rglob("model.pt")) and (out / "runs.jsonl").read_text() == written
+
     res = evidence("vgg_featuremap.sh", tmp_path, **{**env, "MIN_ACC": "1.01"})
     assert res.returncode == 1 and "below the bar 1.01 (MIN_ACC" in res.stderr
     assert (out / "runs.jsonl").read_text() == written
@@ -97,6 +110,12 @@ def test_the_gmp_study_runs_dense_polynomial_and_constant_with_and_without_augme
         assert ratio < 0.6 if r["schedule"] != "dense" else ratio > 0.8
     assert (out / "gmp.png").stat().st_size > 0 and (out / "gmp.md").read_text().startswith("| model |")
     assert {("polynomial vs constant", "test/acc"), ("magnitude-pruned vs dense", "int8/test/acc")} <= pairs(out)
+    tables = {f: (out / f).read_text() for f in ("runs.jsonl", "gmp.csv", "stats.md")}
+    shutil.rmtree(tmp_path / "runs")  # a new machine: the study goes on from its records
+    res = evidence("gmp.sh", tmp_path, MODELS="resnet_cifar", SEEDS="0", EXTRA=TINY_RESNET)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not list((tmp_path / "runs").rglob("model.pt"))
+    assert {f: (out / f).read_text() for f in tables} == tables
 
 
 def test_the_distillation_study_pairs_each_network_with_and_without_its_teacher_run(tmp_path):

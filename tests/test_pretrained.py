@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from rsnet.data import build_data

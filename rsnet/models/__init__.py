@@ -30,6 +30,7 @@ from torch import nn
 from rsnet.config import ModelConfig
 from rsnet.errors import RsnetError
 from rsnet.fileio import load_checkpoint_file
+from rsnet.records import file_sha256
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
@@ -87,6 +88,12 @@ def untrained_config(cfg: ModelConfig) -> ModelConfig:
         with open_dict(out):
             out.arch = twin
     return out
+
+
+def checkpoint_sha256(cfg: ModelConfig) -> str:
+    """The SHA-256 of ``cfg.checkpoint``'s file: which weights a run started from (the same
+    name can hold other weights on another machine or after a new release)."""
+    return file_sha256(resolve_checkpoint(cfg.checkpoint))
 
 
 def resolve_checkpoint(name: str) -> Path:

@@ -16,11 +16,15 @@
 # and "magnitude-pruned vs dense").
 # Runs go to $RUNS/cifar_gmp/<overrides> (RUNS=outputs/multirun by default). Rerun the same
 # command after a kill: finished runs are skipped stage by stage, a killed one resumes from its
-# last checkpoint. A failed run does not stop the others; the script then exits 1.
+# last checkpoint, and a run recorded in the committed results/gmp/runs.jsonl is not run again
+# (records=; a new machine, its run directories gone, goes on from there). The tables are
+# written from the records merged with the run directories. A failed run does not stop the
+# others; the script then exits 1.
 #   RUNS=/work/runs bash scripts/evidence/gmp.sh
 # MODELS="resnet20" or SEEDS="0" run a part; EXTRA="train.threads=1" adds overrides that do not
-# change results. Do not mix machines within a comparison: train.precision=auto trains bf16 on
-# a GPU or an AVX512-BF16 CPU and fp32 elsewhere.
+# change results. Do not mix precisions within a comparison: train.precision=auto trains bf16
+# on a GPU or an AVX512-BF16 / AMX CPU and fp32 elsewhere (every run records train/precision
+# and its machine, machine/cpu).
 #
 # CPU time (estimated, nothing of the study has run): 40 runs (20 per model), each 8 x 44,928
 # training images plus about 80,000 images evaluated (validation each epoch, test in PyTorch,
@@ -51,7 +55,7 @@ status=0
 
 sweep() {  # one Hydra multirun into $SWEEP; a failure is remembered, the study goes on
     python scripts/run.py -m experiment=cifar_gmp progress=false "hydra.sweep.dir=$SWEEP" \
-        "$@" ${EXTRA:-} || status=1
+        $([ -f $OUT/runs.jsonl ] && echo records=$OUT/runs.jsonl) "$@" ${EXTRA:-} || status=1
 }
 
 five() {  # dense, then polynomial and constant sparsity at 60 % and 70 %
@@ -67,8 +71,10 @@ for model in $MODELS; do
     five model=$model seed=0 $NOAUG
 done
 mkdir -p $OUT
-python scripts/tables.py gmp "$SWEEP" --csv $OUT/gmp.csv --plot $OUT/gmp.png > $OUT/gmp.md || status=1
-python scripts/tables.py stats "$SWEEP" --out $OUT || status=1
+python scripts/tables.py records $([ -f $OUT/runs.jsonl ] && echo $OUT/runs.jsonl) "$SWEEP" \
+    --out $OUT/runs.jsonl.new && mv $OUT/runs.jsonl.new $OUT/runs.jsonl || status=1
+python scripts/tables.py gmp $OUT/runs.jsonl "$SWEEP" --csv $OUT/gmp.csv --plot $OUT/gmp.png > $OUT/gmp.md || status=1
+python scripts/tables.py stats $OUT/runs.jsonl --out $OUT || status=1
 cat $OUT/gmp.md
 [ "$status" -eq 0 ] || echo "gmp.sh: a run or a table failed; see $SWEEP/*/run.log and sweep.json" >&2
 exit $status

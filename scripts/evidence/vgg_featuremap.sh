@@ -24,10 +24,16 @@
 #                                           the unpruned reference and seed 0 of every recipe (bench.py
 #                                           int8, 5 interleaved rounds, 2 threads). It times:
 #                                           run it on idle cores; BENCH=0 leaves it out.
-# Every run resumes from its run directory; rerun the same command after a kill.
+# The trained baseline is released as an fp16 checkpoint (scripts/release_checkpoint.py:
+# checkpoints/vgg16_cifar10.pt, committed), and the reference and every pruned run start from
+# that file; where it exists the baseline is not trained again. Every run resumes from its run
+# directory, and a run recorded in the committed runs.jsonl (with the same checkpoint, by its
+# SHA-256) is not run again (records=): rerun the same command after a kill, or on a new
+# machine whose run directories are gone.
 #   RUNS=/work/runs bash scripts/evidence/vgg_featuremap.sh
-# EXTRA="train.threads=1" adds overrides that do not change results; OUT moves the tables;
-# MIN_ACC is the baseline's bar (the tests run the whole script on tiny synthetic runs with it).
+# EXTRA="train.threads=1" adds overrides that do not change results; OUT moves the tables and
+# CKPT the released baseline; MIN_ACC is the baseline's bar (the tests run the whole script on
+# tiny synthetic runs with these).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE_EPOCHS=${BASE_EPOCHS:-30}
@@ -40,30 +46,47 @@ CRITERIA=${CRITERIA:-hrank,apoz,mean_activation,l1,random}
 RUNS=${RUNS:-outputs/multirun}
 dir=$RUNS/vgg16_featuremap
 out=${OUT:-results/vgg16_featuremap}
-python scripts/run.py experiment=vgg16_cifar_baseline train.epochs=$BASE_EPOCHS progress=false ${EXTRA:-} \
-    hydra.run.dir=$dir/baseline
-python - "$dir/baseline/metrics.json" "${MIN_ACC:-0.88}" <<'PY'
+ckpt=${CKPT:-checkpoints/vgg16_cifar10.pt}
+bar() {  # the proposal's bar on the baseline's test accuracy (its metrics.json or released file)
+    python - "$1" "${MIN_ACC:-0.88}" <<'PY'
 import json, sys
-acc, bar = json.load(open(sys.argv[1]))["test/acc"], float(sys.argv[2])
-sys.exit(0 if acc >= bar else f"{sys.argv[1]}: VGG-16 test accuracy {acc:.4f} is below the "
-         f"bar {bar} (MIN_ACC; the proposal's is 0.88): train it longer (BASE_EPOCHS) before pruning")
+path, bar = sys.argv[1], float(sys.argv[2])
+if path.endswith(".json"):
+    acc = json.load(open(path))["test/acc"]
+else:
+    import torch
+    acc = torch.load(path, map_location="cpu", weights_only=True)["meta"]["test/acc"]
+sys.exit(0 if acc >= bar else f"{path}: VGG-16 test accuracy {acc:.4f} is below the bar {bar} "
+         f"(MIN_ACC; the proposal's is 0.88): train it longer (BASE_EPOCHS) before pruning")
 PY
-# the unpruned reference, measured as the pruned runs are: the baseline's weights evaluated and
+}
+records() {  # the committed records, where there are any: finished runs are not run again
+    [ -f $out/runs.jsonl ] && echo records=$out/runs.jsonl || true
+}
+if [ ! -f $ckpt ]; then
+    base="python scripts/run.py experiment=vgg16_cifar_baseline train.epochs=$BASE_EPOCHS"
+    $base progress=false ${EXTRA:-} hydra.run.dir=$dir/baseline
+    bar $dir/baseline/metrics.json
+    python scripts/release_checkpoint.py $dir/baseline $(basename $ckpt) --out-dir $(dirname $ckpt) \
+        --command "$base"
+fi
+bar $ckpt
+# the unpruned reference, measured as the pruned runs are: the released weights evaluated and
 # exported (ONNX fp32 + static int8), no training
-python scripts/run.py experiment=vgg16_cifar_baseline model.checkpoint=$dir/baseline/checkpoints/model.pt \
-    train.epochs=0 export=int8 progress=false ${EXTRA:-} hydra.run.dir=$dir/reference
-sweep="python scripts/run.py -m experiment=vgg16_prune_half model.checkpoint=$dir/baseline/checkpoints/model.pt \
+python scripts/run.py experiment=vgg16_cifar_baseline model.checkpoint=$ckpt train.epochs=0 export=int8 \
+    progress=false $(records) ${EXTRA:-} hydra.run.dir=$dir/reference
+sweep="python scripts/run.py -m experiment=vgg16_prune_half model.checkpoint=$ckpt \
     progress=false ${EXTRA:-} hydra.sweep.dir=$dir/pruned compression/criterion=$CRITERIA"
 tables() {  # the tables from every finished run (after each seed, so a cut-short study has them)
     mkdir -p $out
-    python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) $dir/baseline $dir/reference \
-        $dir/pruned --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
+    python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) \
+        $([ -d $dir/baseline ] && echo $dir/baseline) $dir/reference $dir/pruned --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
     python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
     python scripts/tables.py stats $out/runs.jsonl --out $out
 }
 for seed in ${SEEDS//,/ }; do  # seed by seed: a study cut short still has whole comparisons
-    $sweep seed=$seed compression.steps=1 train.epochs=$ONESHOT_EPOCHS
-    $sweep seed=$seed compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS
+    $sweep seed=$seed compression.steps=1 train.epochs=$ONESHOT_EPOCHS $(records)
+    $sweep seed=$seed compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS $(records)
     tables
 done
 if [ "${BENCH:-1}" = 1 ]; then
