@@ -55,6 +55,7 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
+
 import yaml
 
 from rsnet.errors import RsnetError
