@@ -118,8 +118,10 @@ def recorded_run(cfg: DictConfig, run_dir: Path) -> Record | None:
 
     A record is this run when it has the run's label (experiment name / run directory name),
     the fingerprint of its config and, where ``model.checkpoint`` is set, that file's SHA-256
-    (other weights at the same path make another run). A study moved to a new machine, its
-    run directories lost, so goes on from the records it committed instead of training again.
+    (other weights at the same path make another run; a record written before the hash was
+    kept, without ``model/checkpoint_sha256``, is matched by its config alone). A study moved
+    to a new machine, its run directories lost, so goes on from the records it committed
+    instead of training again.
     """
     path = Path(cfg.records)
     if not path.is_file():
@@ -129,7 +131,7 @@ def recorded_run(cfg: DictConfig, run_dir: Path) -> Record | None:
     sha = checkpoint_sha256(cfg.model) if cfg.model.checkpoint else None
     for record in read_records(path):
         if (record.label == label and fingerprint(OmegaConf.create(record.config)) == fp
-                and record.metrics.get("model/checkpoint_sha256") == sha):
+                and record.metrics.get("model/checkpoint_sha256", sha) == sha):
             return record
     return None
 

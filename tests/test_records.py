@@ -40,11 +40,13 @@ def test_a_record_is_this_run_only_with_its_label_config_and_checkpoint_contents
     assert pipeline.recorded_run(cfg, tmp_path / "machine2" / "seed=1") is None  # another job
     record_file(rec_path, mine._replace(config={**config, "seed": 1}))  # another config
     assert pipeline.recorded_run(cfg, run_dir) is None
-    record_file(rec_path, mine._replace(metrics={"test/acc": 0.5}))  # from before hashes were kept
-    assert pipeline.recorded_run(cfg, run_dir) is None
     record_file(rec_path, mine)
     weights.write_bytes(b"weights, second release")  # the same path, other weights
     assert pipeline.recorded_run(cfg, run_dir) is None
+    # a record from before the hash was kept: the config decides
+    old = mine._replace(metrics={"test/acc": 0.5})
+    record_file(rec_path, old)
+    assert pipeline.recorded_run(cfg, run_dir) == old
 
 
 def test_a_missing_records_file_is_one_error_naming_the_setting(tmp_path):
