@@ -7,6 +7,7 @@
     python scripts/tables.py curve  <run dir> ... [--out DIR]     # learning curves
     python scripts/tables.py gmp    <run dir or sweep dir> ... [--csv FILE]
     python scripts/tables.py records <run dir or sweep dir> ... --out runs.jsonl
+    python scripts/tables.py deploy <run dir or sweep dir> ... --runtimes FILE [--csv FILE]
 
 Every kind but curve also reads runs.jsonl files (records: the finished runs' metrics and
 configs, one JSON line each) in place of run directories, so a study's tables can be rebuilt,
@@ -37,6 +38,15 @@ weights, the fp32 ONNX and int8 files' bytes, plain and gzip -9 (the zeros compr
 sizes as fractions of the fp32 file, and the number of unfinished runs. stats pairs the
 schedules ("polynomial vs constant") and every pruned row with its dense reference
 ("magnitude-pruned vs dense") seed by seed on test/acc and int8/test/acc.
+
+deploy: a pruning study's deployment measures in one table (scripts/evidence/vgg_featuremap.sh:
+the edge-deployment proposal's accuracy, parameters, FLOPs, time per image and file size). One
+row per model, dataset, N and network (the stats rows): fp32 and int8 test accuracy as "mean ±
+sd (n seeds)", parameters, MACs and the ONNX fp32 / int8 files' bytes (means over the seeds),
+and from --runtimes (a ``bench.py int8 --run-dirs`` JSON) each runtime's fp32 and int8 time per
+image at its batch, the mean over the row's runs that the bench timed (their seeds in "timed
+seeds"; "-" where none was). A bench row that matches no run is an error: the file and the
+runs are from different studies.
 
 A sweep directory is searched for run directories (folders holding config.yaml); a run
 without metrics.json (killed, failed or still running) shows as "missing", never as zeros;
@@ -897,6 +907,84 @@ def gmp_plot(curves: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+# deploy: the proposal's measures, per recipe (scripts/evidence/vgg_featuremap.sh)
+DEPLOY_ACC = [("fp32 test acc", "test/acc"), ("int8 test acc", "int8/test/acc")]
+DEPLOY_MEANS = [("params", "model/params"), ("MACs", "model/macs"), ("ONNX bytes", "export/onnx_bytes"),
+                ("int8 bytes", "int8/bytes")]
+
+
+def bench_rows(path: Path) -> tuple[dict[str, dict], int]:
+    """The rows of a ``bench.py int8`` JSON by the run each timed (its short label, the text in
+    the last parentheses of the row's model name), and the batch it timed."""
+    try:
+        data = json.loads(path.read_text())
+        batch, rows = int(data["args"]["latency_batch"]), data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"tables.py deploy: --runtimes {path} is not a bench.py int8 JSON ({e})")
+    if data.get("section") != "int8":
+        sys.exit(f"tables.py deploy: --runtimes {path} is a bench.py {data.get('section')} JSON, "
+                 f"not int8")
+    found = {}
+    for r in rows:
+        m = re.search(r"\(([^()]*)\)$", r["model"])
+        if m:  # a released model (no run directory) has no parenthesised label: not a run's row
+            found[m.group(1)] = r
+    return found, batch
+
+
+def deploy_table(entries: list[dict], bench: dict[str, dict], batch: int
+                 ) -> tuple[list[str], list[list[str]], list[str]]:
+    """:func:`deploy`'s table, and its errors (runs of one row and seed that disagree, bench
+    rows that match no run)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the benchmarks package
+    from benchmarks.int8 import INT8_RUNTIMES, run_label as short_label
+
+    groups, errors = by_seed(entries, THESIS_KEYS, [k for _, k in DEPLOY_ACC + DEPLOY_MEANS])
+    timed: dict[Row, list[tuple]] = {}
+    matched = set()
+    for e in entries:
+        short = short_label(e["run"].split("/", 1)[-1])
+        if short in bench:
+            timed.setdefault(tuple(e[k] for k in THESIS_KEYS), []).append((e["seed"], bench[short]))
+            matched.add(short)
+    errors += [f"error: --runtimes row {k!r} matches no run given" for k in bench if k not in matched]
+    runtimes = [(rt, name) for rt, name in INT8_RUNTIMES.items()
+                if any(f"{rt}_fp32_b{batch}_ms" in r for r in bench.values())]
+    times = [(f"{name} {p} b{batch} (ms)", f"{rt}_{p}_b{batch}_ms") for rt, name in runtimes
+             for p in ("fp32", "int8")]
+    header = THESIS_KEYS + ["seeds"] + [c for c, _ in DEPLOY_ACC + DEPLOY_MEANS] + ["timed seeds"] + \
+        [c for c, _ in times]
+    table = []
+    for row, seeds in groups.items():
+        def stat(k: str) -> tuple[int, float | None, float | None]:
+            return mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+        runs = sorted(timed.get(row, []), key=seed_order)
+        ms = [mean_sd([r[k] for _, r in runs if number(r.get(k))])[1] for _, k in times]
+        table.append(row_keys(row) + [", ".join(map(str, seeds))]
+                     + [mean_sd_text(*stat(k)) for _, k in DEPLOY_ACC]
+                     + ["-" if (v := stat(k)[1]) is None else fmt(round(v)) for _, k in DEPLOY_MEANS]
+                     + [", ".join(str(s) for s, _ in runs) or "-"]
+                     + ["-" if v is None else f"{v:.2f}" for v in ms])
+    return header, table, errors
+
+
+def deploy(paths: list[Path], runtimes: Path | None, csv_path: Path | None) -> int:
+    """Print (and with csv_path, write) the deployment table; 1 where runs of one row and seed
+    disagree or a bench row matches no run."""
+    if runtimes is None:
+        sys.exit("tables.py deploy: --runtimes FILE is needed (a bench.py int8 --run-dirs JSON)")
+    bench, batch = bench_rows(runtimes)
+    entries = [e for e in stats_entries(unique_runs(run_dirs(paths)))
+               if not e["network"].startswith(PSI_MAPPED)]
+    header, table, errors = deploy_table(entries, bench, batch)
+    for line in errors:
+        print(line, file=sys.stderr)
+    print(markdown(header, table), end="")
+    if csv_path:
+        write_csv(csv_path, header, table)
+    return 1 if errors else 0
+
+
 def unique_runs(found: list[Path | Record]) -> list[Path | Record]:
     """One entry per run (label) of ``found``: a finished one over an unfinished one, then a run
     directory over a record (the directory is the run as it is now), else the first found."""
@@ -930,9 +1018,11 @@ def records(paths: list[Path], out: Path | None) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "gmp", "records", "stats", "thesis"])
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "deploy", "gmp", "records", "stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp)")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp, deploy)")
+    p.add_argument("--runtimes", type=Path, help="deploy: the bench.py int8 JSON of the runs' "
+                                                 "time per image")
     p.add_argument("--plot", type=Path, help="gmp: also draw accuracy and stored size against "
                                              "sparsity (PNG)")
     p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
@@ -945,6 +1035,8 @@ def main() -> None:
         sys.exit(records(args.paths, args.out))
     if args.kind == "gmp":
         sys.exit(gmp(args.paths, args.csv, args.plot))
+    if args.kind == "deploy":
+        sys.exit(deploy(args.paths, args.runtimes, args.csv))
     if args.kind == "curve":
         return curve(args.paths, args.out)
     if args.kind == "thesis":

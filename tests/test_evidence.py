@@ -78,9 +78,18 @@ def test_the_vgg16_featuremap_study_runs_every_recipe_records_it_and_resumes(tmp
     checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("model.pt")}
     assert len(checkpoints) == 6
 
+    assert not (out / "deploy.md").exists()  # nothing timed yet (BENCH=0)
+    # once bench.py int8 has timed runs (runtimes.json), the tables step joins its times in
+    (out / "runtimes.json").write_text(json.dumps({"section": "int8", "args": {"latency_batch": "1"}, "rows": [
+        {"model": "vgg16_cifar_baseline full width (reference)", "ort_fp32_b1_ms": 1.5, "ort_int8_b1_ms": 0.5}]}))
+
     res = evidence("vgg_featuremap.sh", tmp_path, **env)  # a rerun: every run is finished
     assert res.returncode == 0, res.stderr[-3000:]
     assert "epoch 1/" not in res.stdout + res.stderr
+    deploy = (out / "deploy.md").read_text()
+    reference = next(line for line in deploy.splitlines() if "trained weights as given" in line)
+    assert reference.endswith("| 0 | 1.50 | 0.50 |")  # timed seed, ONNX Runtime fp32 and int8 ms
+    assert deploy.count("| 1.50 |") == 1 and "carved (hrank) + fine-tuned, 2 steps" in deploy
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
     assert (out / "runs.jsonl").read_text() == written
 

@@ -532,6 +532,63 @@ def test_iterative_pruning_is_compared_with_one_shot_at_equal_training_epochs(tm
     assert iterative[0][8:10] == ["2", "0.0300"]
 
 
+def bench_int8_json(path, times, section="int8"):
+    """A bench.py int8 JSON timing the runs named in ``times`` ({short label: (ort fp32 ms, ort
+    int8 ms)}, as bench_int8 labels a run directory) at batch 1, on ONNX Runtime only."""
+    rows = [{"model": f"g Psi' ({label})", "test_images": 10, "ort_fp32_acc": 0.5, "ort_int8_acc": 0.5,
+             "ort_fp32_b1_ms": fp32, "ort_int8_b1_ms": int8} for label, (fp32, int8) in times.items()]
+    path.write_text(json.dumps({"section": section, "args": {"latency_batch": "1"}, "rows": rows}))
+    return path
+
+
+def deploy_cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "deploy", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_deploy_table_joins_accuracy_over_seeds_with_the_bench_s_time_per_image(tmp_path):
+    """scripts/evidence/vgg_featuremap.sh's table of the proposal's measures: per recipe the
+    accuracy over seeds, the size, and each runtime's time per image averaged over the runs the
+    bench timed (here seeds 0 and 1 of L1, none of HRank), joined by run directory name."""
+    sweep = tmp_path / "sweep"
+    for crit, accs in {"l1": (0.80, 0.82, 0.84), "hrank": (0.70, 0.72, 0.74)}.items():
+        for seed, acc in enumerate(accs):
+            d = sweep / f"compression_criterion={crit},model.checkpoint=psi.pt,seed={seed}"
+            thesis_run(d, compression="prune", seed=seed, metrics={
+                **COMMON, "test/acc": acc, "int8/test/acc": acc - 0.01, "export/onnx_bytes": 4000 + seed,
+                "int8/bytes": 1000})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["compression"] = {"name": "prune", "criterion": {"name": crit}, "steps": 1}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    bench = bench_int8_json(tmp_path / "runtimes.json", {
+        "compression_criterion=l1,seed=0": (2.0, 0.5), "compression_criterion=l1,seed=1": (3.0, 0.7)})
+    res = deploy_cli(sweep, "--runtimes", bench, "--csv", tmp_path / "deploy.csv")
+    assert res.returncode == 0, res.stderr
+    header, _, *body = [line.removeprefix("| ").removesuffix(" |").split(" | ")
+                        for line in res.stdout.splitlines()]
+    rows = {r[3]: r for r in body}
+    l1 = dict(zip(header, rows["Psi' (rs), carved (l1) + fine-tuned"]))
+    assert l1["seeds"] == "0, 1, 2" and l1["fp32 test acc"] == "0.8200 ± 0.0200 (3)"
+    assert l1["int8 test acc"] == "0.8100 ± 0.0200 (3)" and l1["ONNX bytes"] == "4,001"
+    assert l1["params"] == "430,000" and l1["MACs"] == "20,000,000"
+    assert l1["timed seeds"] == "0, 1"
+    assert l1["ONNX Runtime fp32 b1 (ms)"] == "2.50" and l1["ONNX Runtime int8 b1 (ms)"] == "0.60"
+    hrank = dict(zip(header, rows["Psi' (rs), carved (hrank) + fine-tuned"]))
+    assert hrank["timed seeds"] == "-" and hrank["ONNX Runtime fp32 b1 (ms)"] == "-"
+    assert "OpenVINO fp32 b1 (ms)" not in header  # a runtime the bench did not run
+    with open(tmp_path / "deploy.csv") as f:
+        assert next(csv.reader(f)) == header
+
+    # a bench row of another study's run is an error, not a row silently without times
+    other = bench_int8_json(tmp_path / "other.json", {"compression_criterion=l1,seed=7": (1.0, 1.0)})
+    res = deploy_cli(sweep, "--runtimes", other)
+    assert res.returncode == 1 and "'compression_criterion=l1,seed=7' matches no run" in res.stderr
+    for bad, message in [(bench_int8_json(tmp_path / "train.json", {}, section="train"), "not int8"),
+                         (tmp_path / "missing.json", "is not a bench.py int8 JSON")]:
+        res = deploy_cli(sweep, "--runtimes", bad)
+        assert res.returncode == 1 and message in res.stderr and str(bad) in res.stderr
+
+
 def test_trained_weights_exported_without_training_are_named_so(tmp_path):
     """train.epochs=0 with model.checkpoint (e.g. the VGG-16 study's unpruned reference): the
     weights as given, not "fine-tuned, 0 epochs"."""

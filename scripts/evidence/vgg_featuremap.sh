@@ -24,6 +24,10 @@
 #                                           the unpruned reference and seed 0 of every recipe (bench.py
 #                                           int8, 5 interleaved rounds, 2 threads). It times:
 #                                           run it on idle cores; BENCH=0 leaves it out.
+#   results/vgg16_featuremap/deploy.md/.csv   the proposal's measures in one table, once runtimes.json
+#                                           exists: per recipe the accuracy over seeds, parameters,
+#                                           MACs, file sizes and the time per image of its timed
+#                                           runs on each runtime (tables.py deploy)
 # The trained baseline is released as an fp16 checkpoint (scripts/release_checkpoint.py:
 # checkpoints/vgg16_cifar10.pt, committed), and the reference and every pruned run start from
 # that file; where it exists the baseline is not trained again. Every run resumes from its run
@@ -83,6 +87,11 @@ tables() {  # the tables from every finished run (after each seed, so a cut-shor
         $([ -d $dir/baseline ] && echo $dir/baseline) $dir/reference $dir/pruned --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
     python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
     python scripts/tables.py stats $out/runs.jsonl --out $out
+    deploy || echo "vgg_featuremap.sh: the deploy table failed (above); the study goes on" >&2
+}
+deploy() {  # the proposal's table, where the bench has timed the runs
+    [ -f $out/runtimes.json ] || return 0
+    python scripts/tables.py deploy $out/runs.jsonl --runtimes $out/runtimes.json --csv $out/deploy.csv > $out/deploy.md
 }
 for seed in ${SEEDS//,/ }; do  # seed by seed: a study cut short still has whole comparisons
     $sweep seed=$seed compression.steps=1 train.epochs=$ONESHOT_EPOCHS $(records)
@@ -92,4 +101,5 @@ done
 if [ "${BENCH:-1}" = 1 ]; then
     python scripts/bench.py int8 --experiments --latency-batch 1 --repeats 5 --out $out/runtimes.json \
         --run-dirs $dir/reference $(grep -l '^seed: 0$' $dir/pruned/*/config.yaml | xargs -n1 dirname)
+    deploy
 fi
