@@ -918,17 +918,16 @@ def bench_rows(path: Path) -> tuple[dict[str, dict], int]:
     the last parentheses of the row's model name), and the batch it timed."""
     try:
         data = json.loads(path.read_text())
-        batch, rows = int(data["args"]["latency_batch"]), data["rows"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        sys.exit(f"tables.py deploy: --runtimes {path} is not a bench.py int8 JSON ({e})")
-    if data.get("section") != "int8":
-        sys.exit(f"tables.py deploy: --runtimes {path} is a bench.py {data.get('section')} JSON, "
-                 f"not int8")
-    found = {}
-    for r in rows:
-        m = re.search(r"\(([^()]*)\)$", r["model"])
-        if m:  # a released model (no run directory) has no parenthesised label: not a run's row
-            found[m.group(1)] = r
+        if data["section"] != "int8":
+            sys.exit(f"tables.py deploy: --runtimes {path} is a bench.py {data['section']} JSON, "
+                     f"not int8")
+        batch, found = int(data["args"]["latency_batch"]), {}
+        for r in data["rows"]:
+            m = re.search(r"\(([^()]*)\)$", r["model"])
+            if m:  # a released model (no run directory) has no parenthesised label: not a run's row
+                found[m.group(1)] = r
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        sys.exit(f"tables.py deploy: --runtimes {path} is not a bench.py int8 JSON ({e!r})")
     return found, batch
 
 
