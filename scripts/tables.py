@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -297,6 +298,7 @@ AS_GIVEN = "full width, trained weights as given (no training)"  # train.epochs=
 SEARCHES = {"netadapt": "NetAdapt", "morphnet": "MorphNet"}  # compression methods that plan
 LATENCY_BUDGET = ", latency budget"  # scaling.budget.unit=latency: one-shot against the table
 CONSTANT = ", constant sparsity"
+AUGMENTATION = re.compile(r", augmentation ([^,]+)")  # trained without (part of) the augmentation
 FROM_RUN = ", distilled from a run"  # train.distill.teacher: a finished run's model taught it
 
 
@@ -590,6 +592,11 @@ def mean_sd(xs: list[float]) -> tuple[int, float | None, float | None]:
     return n, statistics.fmean(xs) if n else None, statistics.stdev(xs) if n > 1 else None
 
 
+def seed_stat(seeds: dict, k: str) -> tuple[int, float | None, float | None]:
+    """:func:`mean_sd` of metric ``k`` over a row's seeds ({seed: metrics}) that have it."""
+    return mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+
+
 def mean_sd_text(n: int, mean: float | None, sd: float | None) -> str:
     """A "mean ± sd (n)" cell ("-" without values; sd "-" for one value)."""
     return f"{fmt(mean)} ± {'-' if sd is None else fmt(sd)} ({n})" if n else "-"
@@ -612,7 +619,7 @@ def stats_rows(groups: dict[Row, dict], metrics: list[str] = STATS_METRICS
         keys, seed_list = row_keys(row), ", ".join(map(str, seeds))
         cells = []
         for k in present:
-            n, mean, sd = mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+            n, mean, sd = seed_stat(seeds, k)
             cells.append(mean_sd_text(n, mean, sd))
             if n:
                 long.append(keys + [seed_list, k, str(n), fmt(mean), "-" if sd is None else fmt(sd)])
@@ -660,6 +667,9 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
             pairs += [("Psi' vs Psi fine-tuned", best, ceiling),
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
         pairs += magnitude_pairs([r[3] for r in rows if here(r)], row)
+        # the same recipe trained with the dataset's augmentation against without it (or a part)
+        pairs += [(f"augmentation on vs {m.group(1)}", row(r[3].replace(m.group(0), "")), r)
+                  for r in rows if here(r) for m in [AUGMENTATION.search(r[3])] if m]
         pairs += [(ONE_SHOT, o, r) for o in carved if LATENCY_BUDGET in o[3]
                   for r in rows if r[:3] == (model, dataset, n) and r[3].startswith("NetAdapt (latency)")
                   and CARVED_BY.search(r[3]).group(1) == CARVED_BY.search(o[3]).group(1)]
@@ -727,7 +737,8 @@ def pair_metrics(name: str) -> list[str]:
     """The metrics a comparison called ``name`` is judged on."""
     if name == ONE_SHOT:
         return ONE_SHOT_METRICS
-    return SPARSE_PAIR_METRICS if name in SPARSE_PAIRS or plain_accuracy_pair(name) else PAIR_METRICS
+    plain = name in SPARSE_PAIRS or name.startswith("augmentation on vs ") or plain_accuracy_pair(name)
+    return SPARSE_PAIR_METRICS if plain else PAIR_METRICS
 
 
 def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
@@ -821,8 +832,7 @@ def gmp_table(entries: list[dict]) -> tuple[list[str], list[list[str]], list[str
     table = []
     for row in dict.fromkeys([tuple(e[k] for k in GMP_KEYS) for e in entries]):  # sorted above
         seeds = groups.get(row, {})
-        def stat(k: str) -> tuple[int, float | None, float | None]:
-            return mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+        stat = functools.partial(seed_stat, seeds)
         means = {k: stat(k)[1] for _, k in GMP_MEANS}
         fp32 = means["export/onnx_bytes"]
         table.append(row_keys(row) + [", ".join(map(str, seeds)) or "-", str(unfinished[row])]
@@ -955,8 +965,7 @@ def deploy_table(entries: list[dict], bench: dict[str, dict], batch: int
         [c for c, _ in times]
     table = []
     for row, seeds in groups.items():
-        def stat(k: str) -> tuple[int, float | None, float | None]:
-            return mean_sd([m[k] for m in seeds.values() if number(m.get(k))])
+        stat = functools.partial(seed_stat, seeds)
         runs = sorted(timed.get(row, []), key=seed_order)
         ms = [mean_sd([r[k] for _, r in runs if number(r.get(k))])[1] for _, k in times]
         table.append(row_keys(row) + [", ".join(map(str, seeds))]

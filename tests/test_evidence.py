@@ -118,7 +118,8 @@ def test_the_gmp_study_runs_dense_polynomial_and_constant_with_and_without_augme
         ratio = float(r["fp32 gzip / fp32"])
         assert ratio < 0.6 if r["schedule"] != "dense" else ratio > 0.8
     assert (out / "gmp.png").stat().st_size > 0 and (out / "gmp.md").read_text().startswith("| model |")
-    assert {("polynomial vs constant", "test/acc"), ("magnitude-pruned vs dense", "int8/test/acc")} <= pairs(out)
+    assert {("polynomial vs constant", "test/acc"), ("magnitude-pruned vs dense", "int8/test/acc"),
+            ("augmentation on vs off", "test/acc")} <= pairs(out)
     tables = {f: (out / f).read_text() for f in ("runs.jsonl", "gmp.csv", "stats.md")}
     shutil.rmtree(tmp_path / "runs")  # a new machine: the study goes on from its records
     res = evidence("gmp.sh", tmp_path, MODELS="resnet_cifar", SEEDS="0", EXTRA=TINY_RESNET)

@@ -782,6 +782,34 @@ def test_stats_pair_polynomial_with_constant_sparsity_seed_by_seed(tmp_path):
     assert not any(k[2] == "test/acc_local" for k in pairs)  # no misc class: no local accuracy
 
 
+def test_stats_pair_each_recipe_with_and_without_augmentation_seed_by_seed(tmp_path):
+    """"augmentation on vs off": a row trained without the dataset's augmentation against the
+    same row with it, matched seed by seed; judged on plain and int8 accuracy; none for a row
+    whose augmented twin is missing."""
+    sweep = tmp_path / "sweep"
+    gmp_sweep(sweep)
+    for seed, acc in enumerate([0.80, 0.82, 0.81]):  # dense without augmentation, three seeds
+        gmp_run(sweep / f"dense_noaug{seed}", sparsity=None, augment=False, seed=seed,
+                metrics=gmp_metrics(acc, acc - 0.02, 0.0, 930_000, 280_000))
+    gmp_run(sweep / "poly70_noaug", sparsity=0.7, augment=False,  # no augmented 70 % polynomial run
+            metrics=gmp_metrics(0.6, 0.6, 0.7, 300_000, 100_000))
+    res = stats_cli(sweep)
+    assert res.returncode == 0, res.stderr
+    pairs = {(r[4], r[5], r[7]): r for r in (line.removeprefix("| ").removesuffix(" |").split(" | ")
+             for line in res.stdout.split("## Paired")[1].splitlines()) if r[0] == "resnet20"}
+    dense = pairs["augmentation on vs off", "full width, fine-tuned", "test/acc"]
+    assert dense[6] == "full width, fine-tuned, augmentation off"
+    # per seed 0.83 - 0.80, 0.84 - 0.82, 0.84 - 0.81: 0.03, 0.02, 0.03
+    assert dense[8:10] == ["3", "0.0267"] and dense[12] == "A > B"
+    assert pairs["augmentation on vs off", "full width, fine-tuned", "int8/test/acc"][8:10] == ["3", "0.0367"]
+    poly = "full width, fine-tuned, magnitude-pruned 0.6"
+    one = pairs["augmentation on vs off", poly, "test/acc"]  # seed 0 only: 0.81 - 0.70
+    assert one[6] == f"{poly}, augmentation off" and one[8:10] == ["1", "0.1100"]
+    assert one[12] == "not resolved (n<2)"
+    assert ("augmentation on vs off", f"{poly}, constant sparsity", "int8/test/acc") in pairs
+    assert not any("0.7" in k[1] for k in pairs if k[0] == "augmentation on vs off")  # no twin
+
+
 def test_records_keep_a_study_s_tables_after_its_run_directories_are_gone(tmp_path):
     """tables.py records writes the finished runs as runs.jsonl; stats from that file alone
     equals stats from the run directories, and the file merged with the same directories (a
