@@ -83,9 +83,12 @@ def test_the_vgg16_featuremap_study_runs_every_recipe_records_it_and_resumes(tmp
     (out / "runtimes.json").write_text(json.dumps({"section": "int8", "args": {"latency_batch": "1"}, "rows": [
         {"model": "vgg16_cifar_baseline full width (reference)", "ort_fp32_b1_ms": 1.5, "ort_int8_b1_ms": 0.5}]}))
 
-    res = evidence("vgg_featuremap.sh", tmp_path, **env)  # a rerun: every run is finished
+    timed = (out / "runtimes.json").read_text()
+    rerun = {k: v for k, v in env.items() if k != "BENCH"}  # BENCH unset: time only the untimed
+    res = evidence("vgg_featuremap.sh", tmp_path, **rerun)  # a rerun: every run is finished
     assert res.returncode == 0, res.stderr[-3000:]
     assert "epoch 1/" not in res.stdout + res.stderr
+    assert (out / "runtimes.json").read_text() == timed  # the committed timing kept, not re-timed
     deploy = (out / "deploy.md").read_text()
     reference = next(line for line in deploy.splitlines() if "trained weights as given" in line)
     assert reference.endswith("| 0 | 1.50 | 0.50 |")  # timed seed, ONNX Runtime fp32 and int8 ms
@@ -98,6 +101,8 @@ def test_the_vgg16_featuremap_study_runs_every_recipe_records_it_and_resumes(tmp
     assert res.returncode == 0, res.stderr[-3000:]
     assert not list((tmp_path / "runs").rglob("model.pt")) and (out / "runs.jsonl").read_text() == written
 
+    res = evidence("vgg_featuremap.sh", tmp_path, **{**env, "BENCH": "yes"})
+    assert res.returncode == 2 and "BENCH=yes" in res.stderr
     res = evidence("vgg_featuremap.sh", tmp_path, **{**env, "MIN_ACC": "1.01"})
     assert res.returncode == 1 and "below the bar 1.01 (MIN_ACC" in res.stderr
     assert (out / "runs.jsonl").read_text() == written

@@ -23,7 +23,9 @@
 #                                           and int8, on ONNX Runtime, OpenVINO and ExecuTorch:
 #                                           the unpruned reference and seed 0 of every recipe (bench.py
 #                                           int8, 5 interleaved rounds, 2 threads). It times:
-#                                           run it on idle cores; BENCH=0 leaves it out.
+#                                           run it on idle cores. It runs when runtimes.json
+#                                           does not exist yet: a rerun keeps the committed
+#                                           timing (BENCH=1 times again, BENCH=0 never).
 #   results/vgg16_featuremap/deploy.md/.csv   the proposal's measures in one table, once runtimes.json
 #                                           exists: per recipe the accuracy over seeds, parameters,
 #                                           MACs, file sizes and the time per image of its timed
@@ -51,6 +53,8 @@ RUNS=${RUNS:-outputs/multirun}
 dir=$RUNS/vgg16_featuremap
 out=${OUT:-results/vgg16_featuremap}
 ckpt=${CKPT:-checkpoints/vgg16_cifar10.pt}
+bench=${BENCH:-auto}  # auto: time only where nothing is timed yet
+case $bench in 0|1|auto) ;; *) echo "vgg_featuremap.sh: BENCH=$bench: use 1 (time again), 0 (never) or leave it unset" >&2; exit 2;; esac
 bar() {  # the proposal's bar on the baseline's test accuracy (its metrics.json or released file)
     python - "$1" "${MIN_ACC:-0.88}" <<'PY'
 import json, sys
@@ -98,7 +102,7 @@ for seed in ${SEEDS//,/ }; do  # seed by seed: a study cut short still has whole
     $sweep seed=$seed compression.steps=$ITER_STEPS compression.step_epochs=$STEP_EPOCHS train.epochs=$FT_EPOCHS $(records)
     tables
 done
-if [ "${BENCH:-1}" = 1 ]; then
+if [ "$bench" = 1 ] || { [ "$bench" = auto ] && [ ! -f $out/runtimes.json ]; }; then
     python scripts/bench.py int8 --experiments --latency-batch 1 --repeats 5 --out $out/runtimes.json \
         --run-dirs $dir/reference $(grep -l '^seed: 0$' $dir/pruned/*/config.yaml | xargs -n1 dirname)
     deploy
