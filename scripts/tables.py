@@ -526,7 +526,8 @@ ONE_SHOT_METRICS = ["test/acc", "latency/ort_fp32_b1_ms"]
 RS, UNIFORM = "Psi' (rs), from scratch", "uniform, from scratch"
 PSI_FT = "full width, fine-tuned"
 CI_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-seed differences A - B (Student t; "
-             "sd with n-1; only seeds both rows have); a verdict only where the interval excludes 0.")
+             "sd with n-1; only seeds both rows have); a verdict only where the interval excludes 0, "
+             "with three seeds or more.")
 Row = tuple  # THESIS_KEYS values: model, dataset, N, network, lambda (all but the seed)
 
 
@@ -722,7 +723,9 @@ def magnitude_pairs(networks: list[str], row) -> list[tuple[str, Row | None, Row
 
 
 def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | None, str]:
-    """Mean difference, 95 % Student-t interval and verdict of paired differences A - B."""
+    """Mean difference, 95 % Student-t interval and verdict of paired differences A - B. A verdict
+    needs three seeds: two give an interval but no conclusion (their sample sd can be about 0 by
+    chance, e.g. two runs ahead by the same 5 of 10,000 test images, and the interval with it)."""
     from scipy.stats import t
 
     n, mean, sd = mean_sd(diffs)
@@ -730,6 +733,8 @@ def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | N
         return mean, None, None, "not resolved (n<2)"
     half = t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     low, high = mean - half, mean + half
+    if n < 3:
+        return mean, low, high, "not resolved (n<3)"
     return mean, low, high, "A > B" if low > 0 else "A < B" if high < 0 else "not resolved"
 
 

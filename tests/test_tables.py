@@ -356,6 +356,11 @@ def test_paired_interval_is_the_student_t_interval():
     assert mod.paired_ci([0.11, 0.13, 0.12])[3] == "A > B"
     assert mod.paired_ci([-0.11, -0.13, -0.12])[3] == "A < B"
     assert mod.paired_ci([0.5]) == (0.5, None, None, "not resolved (n<2)")
+    # two seeds: an interval, no verdict even where it excludes 0 (e.g. two runs ahead by the
+    # same 5 of 10,000 test images: a zero-width interval)
+    assert mod.paired_ci([0.11, 0.12])[1] > 0 and mod.paired_ci([0.11, 0.12])[3] == "not resolved (n<3)"
+    assert mod.paired_ci([0.0005, 0.0005])[1:] == (pytest.approx(0.0005), pytest.approx(0.0005),
+                                                   "not resolved (n<3)")
     assert mod.paired_ci([])[3] == "not resolved (n<2)"
     assert mod.mean_sd([0.81, 0.83, 0.82]) == pytest.approx((3, 0.82, 0.01))
 
