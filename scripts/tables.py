@@ -299,6 +299,7 @@ SEARCHES = {"netadapt": "NetAdapt", "morphnet": "MorphNet"}  # compression metho
 LATENCY_BUDGET = ", latency budget"  # scaling.budget.unit=latency: one-shot against the table
 CONSTANT = ", constant sparsity"
 AUGMENTATION = re.compile(r", augmentation ([^,]+)")  # trained without (part of) the augmentation
+AUGMENTED = "augmentation on vs "  # the pair of a row with AUGMENTATION and its augmented twin
 FROM_RUN = ", distilled from a run"  # train.distill.teacher: a finished run's model taught it
 
 
@@ -669,7 +670,7 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
                       ("Psi' vs Psi mapped", best, row(PSI_MAPPED, None))]
         pairs += magnitude_pairs([r[3] for r in rows if here(r)], row)
         # the same recipe trained with the dataset's augmentation against without it (or a part)
-        pairs += [(f"augmentation on vs {m.group(1)}", row(r[3].replace(m.group(0), "")), r)
+        pairs += [(AUGMENTED + m.group(1), row(r[3].replace(m.group(0), "")), r)
                   for r in rows if here(r) for m in [AUGMENTATION.search(r[3])] if m]
         pairs += [(ONE_SHOT, o, r) for o in carved if LATENCY_BUDGET in o[3]
                   for r in rows if r[:3] == (model, dataset, n) and r[3].startswith("NetAdapt (latency)")
@@ -691,9 +692,11 @@ TAUGHT = "distilled from a run vs not"  # e.g. a network trained from scratch, w
 
 
 def plain_accuracy_pair(name: str) -> bool:
-    """A comparison of pruning recipes (:func:`criterion_pairs`) or of a network trained with and
-    without a teacher run, judged on plain (and int8) accuracy too: all classes, no misc."""
-    return name in ("iterative vs one-shot", TAUGHT) or name.endswith((" vs l1", " vs random"))
+    """A comparison of pruning recipes (:func:`criterion_pairs`), of a network trained with and
+    without a teacher run, or with and without augmentation, judged on plain (and int8) accuracy
+    too: all classes, no misc."""
+    return (name in ("iterative vs one-shot", TAUGHT) or name.startswith(AUGMENTED)
+            or name.endswith((" vs l1", " vs random")))
 
 
 def criterion_pairs(carved: list[Row], row) -> list[tuple[str, Row | None, Row | None]]:
@@ -742,8 +745,7 @@ def pair_metrics(name: str) -> list[str]:
     """The metrics a comparison called ``name`` is judged on."""
     if name == ONE_SHOT:
         return ONE_SHOT_METRICS
-    plain = name in SPARSE_PAIRS or name.startswith("augmentation on vs ") or plain_accuracy_pair(name)
-    return SPARSE_PAIR_METRICS if plain else PAIR_METRICS
+    return SPARSE_PAIR_METRICS if name in SPARSE_PAIRS or plain_accuracy_pair(name) else PAIR_METRICS
 
 
 def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:

@@ -22,10 +22,10 @@
 # written from the records merged with the run directories. A failed run does not stop the
 # others; the script then exits 1.
 #   RUNS=/work/runs bash scripts/evidence/gmp.sh
-# MODELS="resnet20", SEEDS="0" or NOAUG_SEEDS="0" run a part; EXTRA="train.threads=1" adds overrides that do not
-# change results. Do not mix precisions within a comparison: train.precision=auto trains bf16
-# on a GPU or an AVX512-BF16 / AMX CPU and fp32 elsewhere (every run records train/precision
-# and its machine, machine/cpu).
+# MODELS="resnet20", SEEDS="0" or NOAUG_SEEDS="0" run a part; EXTRA="train.threads=1" adds
+# overrides that do not change results. Do not mix precisions within a comparison:
+# train.precision=auto trains bf16 on a GPU or an AVX512-BF16 / AMX CPU and fp32 elsewhere
+# (every run records train/precision and its machine, machine/cpu).
 #
 # CPU time (estimated before the study ran, for its first design of 40 runs, 20 per model,
 # without augmentation seed 0 only; seeds 1 and 2 without it add 20 more): each 8 x 44,928
