@@ -3,7 +3,7 @@
     python scripts/tables.py prune <run dir or sweep dir> ...   # pruning comparison
     python scripts/tables.py runs  <run dir or sweep dir> ...   # one row per run, main metrics
     python scripts/tables.py thesis <run dir or sweep dir> ... [--out DIR]
-    python scripts/tables.py stats  <run dir or sweep dir> ... [--out DIR]
+    python scripts/tables.py stats  <run dir or sweep dir> ... [--out DIR] [--plot FILE]
     python scripts/tables.py curve  <run dir> ... [--out DIR]     # learning curves
     python scripts/tables.py gmp    <run dir or sweep dir> ... [--csv FILE]
     python scripts/tables.py records <run dir or sweep dir> ... --out runs.jsonl
@@ -29,7 +29,8 @@ stats: conclusions from several seeds. (1) One row per model, dataset, N, networ
 only where it excludes 0: rs vs uniform, carved vs from scratch, and Psi' (carved where it
 exists) vs Psi fine-tuned and vs Psi mapped. Runs of one row and seed count once; if their values
 differ, that seed is left out and the exit status is 1. --out DIR writes stats.md,
-stats_rows.csv (one line per row and metric) and stats_pairs.csv.
+stats_rows.csv (one line per row and metric) and stats_pairs.csv; --plot FILE draws the paired
+differences that have an interval as a forest plot, one panel per metric.
 
 gmp: gradual magnitude pruning (scripts/evidence/gmp.sh). One row per model, target sparsity,
 schedule (polynomial, constant, or dense: the unpruned reference) and augmentation (on / off):
@@ -768,8 +769,9 @@ def stats_pairs(groups: dict[Row, dict]) -> tuple[list[str], list[list[str]]]:
     return header, table
 
 
-def stats(paths: list[Path], out: Path | None) -> int:
-    """Print (and with out, write) the per-row and paired tables; 1 where runs disagreed."""
+def stats(paths: list[Path], out: Path | None, plot_path: Path | None = None) -> int:
+    """Print (and with out, write) the per-row and paired tables, and with plot_path the paired
+    differences' forest plot (:func:`forest_plot`); 1 where runs disagreed."""
     groups, errors = by_seed(stats_entries(run_dirs(paths)))
     for line in errors:
         print(line, file=sys.stderr)
@@ -785,7 +787,68 @@ def stats(paths: list[Path], out: Path | None) -> int:
         (out / "summary.md").write_text(stats_summary(groups, pair_header, pairs))
         write_csv(out / "stats_rows.csv", long_header, long)
         write_csv(out / "stats_pairs.csv", pair_header, pairs)
+    if plot_path:
+        forest_plot(forest_rows(pair_header, pairs), plot_path)
     return 1 if errors else 0
+
+
+NO_INTERVAL = "no paired difference has an interval yet (each needs two seeds)"
+ACCURACY = re.compile(r"(^|/)acc")  # test/acc, int8/test/acc, test/cal/acc_local: shown in points
+
+
+def forest_rows(pair_header: list[str], pairs: list[list[str]]) -> dict[str, list[tuple]]:
+    """The paired differences that have an interval (n >= 2), per metric, in the table's order:
+    (label, mean, low, high, n, verdict), accuracies in points. The label is the comparison and
+    its row A, led by the model where the pairs span several."""
+    col = {h: i for i, h in enumerate(pair_header)}
+    several = len({p[col["model"]] for p in pairs}) > 1
+    panels = {}
+    for p in pairs:
+        if p[col["CI low"]] == "-":
+            continue
+        metric = p[col["metric"]]
+        scale = 100 if ACCURACY.search(metric) else 1
+        label = (f"{p[col['model']]}: " if several else "") + f"{p[col['comparison']]} | {p[col['A']]}"
+        panels.setdefault(metric, []).append(
+            (label, *(scale * float(p[col[k]]) for k in ("mean A - B", "CI low", "CI high")),
+             int(p[col["n"]]), p[col["verdict"]]))
+    return panels
+
+
+def forest_plot(panels: dict[str, list[tuple]], path: Path) -> None:
+    """One panel per metric: each comparison's mean difference A - B with its 95 % interval, a
+    line at 0; filled red where the interval gives a verdict, open where it does not (grey for
+    two seeds, which give none). With no interval at all, a figure that says so."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:  # e.g. a study after its first seed: the plot says so (an old one would mislead)
+        print(f"tables.py stats --plot {path}: {NO_INTERVAL}", file=sys.stderr)
+        fig = plt.figure(figsize=(6, 1.5))
+        fig.text(0.5, 0.5, NO_INTERVAL, ha="center", va="center")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+    labels = list(dict.fromkeys(r[0] for rows in panels.values() for r in rows))
+    y = {label: -i for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3.5 * len(panels), 1.2 + 0.28 * len(labels)),
+                             sharey=True, squeeze=False, layout="constrained")
+    for ax, (metric, rows) in zip(axes[0], panels.items()):
+        for label, mean, low, high, n, verdict in rows:
+            resolved = verdict in ("A > B", "A < B")
+            color = "C3" if resolved else "C0" if n >= 3 else "0.6"
+            ax.errorbar(mean, y[label], xerr=[[mean - low], [high - mean]], fmt="o", capsize=3,
+                        color=color, markerfacecolor=color if resolved else "white")
+        ax.axvline(0, color="0.3", linewidth=0.8, linestyle="--")
+        unit = " (points)" if ACCURACY.search(metric) else ""
+        ax.set(title=metric, xlabel=f"mean A - B{unit}, 95 % interval")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(list(y.values()), labels, fontsize=7)
+    fig.suptitle("paired differences over seeds: red = interval excludes 0, blue = n >= 3, "
+                 "grey = n = 2 (no verdict)", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # the question of issue 13 in few columns: accuracy with misc decided as deployed, misc
@@ -1039,13 +1102,14 @@ def main() -> None:
     p.add_argument("--runtimes", type=Path, help="deploy: the bench.py int8 JSON of the runs' "
                                                  "time per image")
     p.add_argument("--plot", type=Path, help="gmp: also draw accuracy and stored size against "
-                                             "sparsity (PNG)")
+                                             "sparsity (PNG); stats: the paired differences with "
+                                             "their intervals (a forest plot, PNG)")
     p.add_argument("--out", type=Path, help="thesis: write markdown, CSV, LaTeX and plots here; "
                    "stats: stats.md, summary.md, stats_rows.csv, stats_pairs.csv; records: the "
                    "runs.jsonl file")
     args = p.parse_args()
     if args.kind == "stats":
-        sys.exit(stats(args.paths, args.out))
+        sys.exit(stats(args.paths, args.out, args.plot))
     if args.kind == "records":
         sys.exit(records(args.paths, args.out))
     if args.kind == "gmp":

@@ -74,6 +74,7 @@ def test_the_vgg16_featuremap_study_runs_every_recipe_records_it_and_resumes(tmp
     stats = (out / "stats.md").read_text()
     assert "carved (hrank) + fine-tuned, 2 steps, 2 epochs" in stats and "trained weights as given" in stats
     assert {("hrank vs l1", "test/acc"), ("iterative vs one-shot", "int8/test/acc")} <= pairs(out)
+    assert (out / "pairs.png").read_bytes()[:4] == b"\x89PNG"  # one seed: it says no interval yet
     written = (out / "runs.jsonl").read_text()
     checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("model.pt")}
     assert len(checkpoints) == 6
@@ -123,6 +124,7 @@ def test_the_gmp_study_runs_dense_polynomial_and_constant_with_and_without_augme
         ratio = float(r["fp32 gzip / fp32"])
         assert ratio < 0.6 if r["schedule"] != "dense" else ratio > 0.8
     assert (out / "gmp.png").stat().st_size > 0 and (out / "gmp.md").read_text().startswith("| model |")
+    assert (out / "pairs.png").read_bytes()[:4] == b"\x89PNG"
     assert {("polynomial vs constant", "test/acc"), ("magnitude-pruned vs dense", "int8/test/acc"),
             ("augmentation on vs off", "test/acc")} <= pairs(out)
     tables = {f: (out / f).read_text() for f in ("runs.jsonl", "gmp.csv", "stats.md")}

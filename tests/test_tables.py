@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -512,6 +513,45 @@ def test_pruning_criteria_are_paired_with_l1_and_random_and_iterative_with_one_s
     iterative = pairs["iterative vs one-shot", carved.format("hrank") + ", 4 steps", "test/acc"]
     assert iterative[6] == carved.format("hrank") and iterative[8:10] == ["3", "0.0100"]
     assert iterative[12] == "A > B"
+
+
+def test_stats_plot_draws_each_paired_interval_in_points_per_metric(tmp_path):
+    """tables.py stats --plot: a forest plot of the pairs that have an interval, one panel per
+    metric, accuracies in points, the verdict kept; a pair of one seed is not drawn, and with no
+    interval at all the plot says so (an older plot must not stay as if it were current)."""
+    sweep = tmp_path / "sweep"
+    for seed, shift in enumerate((0.0, 0.002, -0.001)):
+        for crit, a in (("hrank", 0.90), ("l1", 0.89)):
+            d = sweep / f"{crit}_{seed}"
+            thesis_run(d, compression="prune", seed=seed, metrics={**COMMON, "test/acc": a + shift * (crit == "hrank")})
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["compression"] = {"name": "prune", "criterion": {"name": crit}, "steps": 1}
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    thesis_run(sweep / "random_0", compression="prune", seed=0, metrics={**COMMON, "test/acc": 0.5})
+    cfg = yaml.safe_load((sweep / "random_0" / "config.yaml").read_text())
+    cfg["compression"] = {"name": "prune", "criterion": {"name": "random"}, "steps": 1}
+    (sweep / "random_0" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = stats_cli(sweep, "--plot", tmp_path / "pairs.png")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "pairs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    t = load_tables()
+    groups, _ = t.by_seed(t.stats_entries(t.run_dirs([sweep])))
+    panels = t.forest_rows(*t.stats_pairs(groups))
+    assert "test/acc" in panels
+    (label, mean, low, high, n, verdict), = [r for r in panels["test/acc"] if r[0].startswith("hrank vs l1")]
+    assert label == "hrank vs l1 | Psi' (rs), carved (hrank) + fine-tuned"
+    diffs = [1.0, 1.2, 0.9]  # points: 0.01 plus each seed's shift
+    half = T975_2 * statistics.stdev(diffs) / math.sqrt(3)
+    assert (mean, low, high) == pytest.approx((3.1 / 3, 3.1 / 3 - half, 3.1 / 3 + half), abs=0.01)
+    assert (n, verdict) == (3, "A > B")
+    assert not any("random" in r[0] for rows in panels.values() for r in rows)  # one seed: no interval
+    assert t.forest_rows(*t.stats_pairs(t.by_seed(t.stats_entries(t.run_dirs([sweep / "random_0",
+                                                                        sweep / "l1_0"])))[0])) == {}
+    before = (tmp_path / "pairs.png").read_bytes()
+    res = stats_cli(sweep / "random_0", sweep / "l1_0", "--plot", tmp_path / "pairs.png")
+    assert res.returncode == 0 and "no paired difference has an interval yet" in res.stderr
+    after = (tmp_path / "pairs.png").read_bytes()
+    assert after[:8] == b"\x89PNG\r\n\x1a\n" and after != before
 
 
 def test_iterative_pruning_is_compared_with_one_shot_at_equal_training_epochs(tmp_path):

@@ -14,7 +14,8 @@
 #      conclusion "augmentation on vs off", matched seed by seed, needs the three);
 # then the tables: results/gmp/gmp.md and .csv (accuracy fp32 / int8 over seeds, sparsity,
 # file sizes), its plot results/gmp/gmp.png and results/gmp/stats.md (every row over seeds;
-# pairs "polynomial vs constant", "magnitude-pruned vs dense" and "augmentation on vs off").
+# pairs "polynomial vs constant", "magnitude-pruned vs dense" and "augmentation on vs off",
+# their 95 % intervals plotted in results/gmp/pairs.png).
 # Runs go to $RUNS/cifar_gmp/<overrides> (RUNS=outputs/multirun by default). Rerun the same
 # command after a kill: finished runs are skipped stage by stage, a killed one resumes from its
 # last checkpoint, and a run recorded in the committed results/gmp/runs.jsonl is not run again
@@ -81,7 +82,7 @@ mkdir -p $OUT
 python scripts/tables.py records $([ -f $OUT/runs.jsonl ] && echo $OUT/runs.jsonl) "$SWEEP" \
     --out $OUT/runs.jsonl.new && mv $OUT/runs.jsonl.new $OUT/runs.jsonl || status=1
 python scripts/tables.py gmp $OUT/runs.jsonl "$SWEEP" --csv $OUT/gmp.csv --plot $OUT/gmp.png > $OUT/gmp.md || status=1
-python scripts/tables.py stats $OUT/runs.jsonl --out $OUT || status=1
+python scripts/tables.py stats $OUT/runs.jsonl --out $OUT --plot $OUT/pairs.png || status=1
 cat $OUT/gmp.md
 [ "$status" -eq 0 ] || echo "gmp.sh: a run or a table failed; see $SWEEP/*/run.log and sweep.json" >&2
 exit $status

@@ -18,6 +18,7 @@
 #                                           export measured it (beside whatever else ran)
 #   results/vgg16_featuremap/stats.md       every recipe over seeds; pairs "<criterion> vs l1",
 #                                           "<criterion> vs random", "iterative vs one-shot"
+#   results/vgg16_featuremap/pairs.png      those pairs' 95 % intervals (a forest plot)
 #   results/vgg16_featuremap/runs.jsonl     the finished runs' records (tables.py records)
 #   results/vgg16_featuremap/runtimes.json/.md  time per image (batch 1) and accuracy, fp32
 #                                           and int8, on ONNX Runtime, OpenVINO and ExecuTorch:
@@ -90,7 +91,7 @@ tables() {  # the tables from every finished run (after each seed, so a cut-shor
     python scripts/tables.py records $([ -f $out/runs.jsonl ] && echo $out/runs.jsonl) \
         $([ -d $dir/baseline ] && echo $dir/baseline) $dir/reference $dir/pruned --out $out/runs.jsonl.new && mv $out/runs.jsonl.new $out/runs.jsonl
     python scripts/tables.py prune $out/runs.jsonl --csv $out/prune.csv > $out/prune.md
-    python scripts/tables.py stats $out/runs.jsonl --out $out
+    python scripts/tables.py stats $out/runs.jsonl --out $out --plot $out/pairs.png
     deploy || echo "vgg_featuremap.sh: the deploy table failed (above); the study goes on" >&2
 }
 deploy() {  # the proposal's table, where the bench has timed the runs
