@@ -529,7 +529,8 @@ RS, UNIFORM = "Psi' (rs), from scratch", "uniform, from scratch"
 PSI_FT = "full width, fine-tuned"
 CI_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-seed differences A - B (Student t; "
              "sd with n-1; only seeds both rows have); a verdict only where the interval excludes 0, "
-             "with three seeds or more.")
+             "with three seeds or more and differences that are not all equal (sd 0: no interval "
+             "to judge by).")
 Row = tuple  # THESIS_KEYS values: model, dataset, N, network, lambda (all but the seed)
 
 
@@ -729,7 +730,9 @@ def magnitude_pairs(networks: list[str], row) -> list[tuple[str, Row | None, Row
 def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | None, str]:
     """Mean difference, 95 % Student-t interval and verdict of paired differences A - B. A verdict
     needs three seeds: two give an interval but no conclusion (their sample sd can be about 0 by
-    chance, e.g. two runs ahead by the same 5 of 10,000 test images, and the interval with it)."""
+    chance, e.g. two runs ahead by the same 5 of 10,000 test images, and the interval with it).
+    Differences that are all equal (accuracy moves in steps of one test image, so this happens)
+    have sd 0 and a zero-width interval: no verdict either, whatever n."""
     from scipy.stats import t
 
     n, mean, sd = mean_sd(diffs)
@@ -739,6 +742,8 @@ def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | N
     low, high = mean - half, mean + half
     if n < 3:
         return mean, low, high, "not resolved (n<3)"
+    if sd <= 1e-9 * max(1.0, *map(abs, diffs)):  # equal but for float rounding
+        return mean, low, high, "not resolved (sd 0)"
     return mean, low, high, "A > B" if low > 0 else "A < B" if high < 0 else "not resolved"
 
 
