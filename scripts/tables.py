@@ -828,6 +828,7 @@ def forest_plot(panels: dict[str, list[tuple]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not panels:  # e.g. a study after its first seed: the plot says so (an old one would mislead)
         print(f"tables.py stats --plot {path}: {NO_INTERVAL}", file=sys.stderr)
         fig = plt.figure(figsize=(6, 1.5))
