@@ -418,12 +418,18 @@ def write_csv(path: Path, header: list[str], table: list[list[str]]) -> None:
     path.write_text(buf.getvalue())
 
 
-def plot(entries: list[dict], key: str, xlabel: str, path: Path) -> None:
-    """Local accuracy vs cost, one panel per N, one series per model and network (log x)."""
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (imported on first use: tables need no plots)."""
     import matplotlib
-    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(entries: list[dict], key: str, xlabel: str, path: Path) -> None:
+    """Local accuracy vs cost, one panel per N, one series per model and network (log x)."""
+    import matplotlib.ticker
+    plt = pyplot()
 
     points = [e for e in entries if isinstance(e["m"].get(key), (int, float))
               and isinstance(e["m"].get("test/acc_local"), (int, float))]
@@ -498,9 +504,7 @@ def curve(paths: list[Path], out: Path | None) -> None:
             out.mkdir(parents=True, exist_ok=True)
             write_csv(out / f"{name}.csv", [c for c, _ in CURVE], table)
     if out and runs:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         for i, (name, rows) in enumerate(runs):
             ax.plot([r["epoch"] for r in rows], [r["val/acc"] for r in rows], marker="o",
@@ -824,9 +828,7 @@ def forest_plot(panels: dict[str, list[tuple]], path: Path) -> None:
     """One panel per metric: each comparison's mean difference A - B with its 95 % interval, a
     line at 0; filled red where the interval gives a verdict, open where it does not (grey for
     two seeds, which give none). With no interval at all, a figure that says so."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if not panels:  # e.g. a study after its first seed: the plot says so (an old one would mislead)
@@ -967,9 +969,7 @@ def gmp_curves(entries: list[dict]) -> dict[str, dict]:
 def gmp_plot(curves: dict[str, dict], path: Path) -> None:
     """Per model (a column): fp32 test accuracy against target sparsity (mean ± sd over the
     seeds, one line per schedule and augmentation), and the stored file sizes against it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, max(1, len(curves)), figsize=(5.5 * max(1, len(curves)), 7.5),
                              squeeze=False, layout="constrained")
