@@ -28,7 +28,10 @@ stats: conclusions from several seeds. (1) One row per model, dataset, N, networ
 (2) Paired differences A - B matched seed by seed, with a 95 % Student-t interval and a verdict
 only where it excludes 0: rs vs uniform, carved vs from scratch, and Psi' (carved where it
 exists) vs Psi fine-tuned and vs Psi mapped. Runs of one row and seed count once; if their values
-differ, that seed is left out and the exit status is 1. --out DIR writes stats.md,
+differ, that seed is left out and the exit status is 1. (3) The verdicts tallied per comparison,
+per metric and over all, beside the number of intervals that 95 % lets exclude 0 by chance
+alone (5 % of them): many uncorrected intervals give some verdicts by chance, and the tally shows
+whether there are more than that. --out DIR writes stats.md,
 stats_rows.csv (one line per row and metric) and stats_pairs.csv; --plot FILE draws the paired
 differences that have an interval as a forest plot, one panel per metric.
 
@@ -788,7 +791,8 @@ def stats(paths: list[Path], out: Path | None, plot_path: Path | None = None) ->
     pair_header, pairs = stats_pairs(groups)
     md = ("## Over seeds: mean ± sd (n seeds)\n\n" + markdown(header, body) +
           "\n## Paired differences A - B, matched seed by seed\n\n" + CI_METHOD + "\n\n" +
-          markdown(pair_header, pairs))
+          markdown(pair_header, pairs) +
+          "\n## Verdicts by comparison\n\n" + TALLY_METHOD + "\n\n" + markdown(*verdict_tally(pair_header, pairs)))
     print(md, end="")
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -799,6 +803,32 @@ def stats(paths: list[Path], out: Path | None, plot_path: Path | None = None) ->
     if plot_path:
         forest_plot(forest_rows(pair_header, pairs), plot_path)
     return 1 if errors else 0
+
+
+TALLY_METHOD = ("The intervals that can give a verdict (three seeds or more, differences not all "
+                "equal), counted per comparison, per metric and over all. Each is at 95 % with no correction for "
+                "their number: if no recipe made a difference, 5 % of them would exclude 0 by "
+                "chance, the last column.")
+JUDGED = ("A > B", "A < B", "not resolved")
+
+
+def verdict_tally(pair_header: list[str], pairs: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """Per comparison (over its metrics), per metric (over the comparisons), then over all: how
+    many intervals could give a verdict, how many did either way, and how many would exclude 0
+    by chance alone."""
+    col = {h: i for i, h in enumerate(pair_header)}
+    counts: dict[tuple[str, str], list[int]] = {}
+    judged = [p for p in pairs if p[col["verdict"]] in JUDGED]
+    for keys in ([(p[col["comparison"]], "all") for p in judged], [("all", p[col["metric"]]) for p in judged],
+                 [("all", "all")] * len(judged)):
+        for key, p in zip(keys, judged):
+            counts.setdefault(key, [0, 0, 0])[JUDGED.index(p[col["verdict"]])] += 1
+    return (["comparison", "metric", "intervals", "A > B", "A < B", "not resolved",
+             "expected to exclude 0 by chance"], [[*key, *tally(c)] for key, c in counts.items()])
+
+
+def tally(c: list[int]) -> list[str]:
+    return [str(sum(c)), *map(str, c), f"{0.05 * sum(c):.1f}"]
 
 
 NO_INTERVAL = "no paired difference has an interval yet (each needs two seeds)"

@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -141,10 +142,11 @@ def stats_cli(*args):
 
 
 def md_rows(out, section):
-    """A markdown table's body rows (cells) from the stats output's section 0 (rows) or 1 (pairs)."""
-    part = out.split("## Paired")[section]
-    return [r.removeprefix("| ").removesuffix(" |").split(" | ") for r in part.splitlines()
-            if r.startswith("| googlenet_rs")]
+    """A markdown table's body rows (cells) from the stats output's section 0 (rows), 1 (pairs)
+    or 2 (verdicts by comparison)."""
+    lines = re.split(r"^## ", out, flags=re.M)[section + 1].splitlines()
+    body = lines[next(i for i, r in enumerate(lines) if r.startswith("|---")) + 1:]
+    return [r.removeprefix("| ").removesuffix(" |").split(" | ") for r in body if r.startswith("| ")]
 
 
 T975_2 = 4.302653  # scipy.stats.t.ppf(0.975, 2): 3 pairs
@@ -406,9 +408,7 @@ def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
     assert sorted(runs) == [("rs", 0), ("rs", 1), ("uniform", 0), ("uniform", 1)]
     out = tables("stats", tmp_path / "sweep", "--out", tmp_path / "t")
 
-    part = out.split("## Paired")[1]
-    pairs = [r.removeprefix("| ").removesuffix(" |").split(" | ") for r in part.splitlines()
-             if r.startswith("| resnet_cifar")]
+    pairs = md_rows(out, 1)
     local = [r for r in pairs if r[4] == "rs vs uniform" and r[7] == "test/acc_local"]
     assert len(local) == 1 and local[0][:4] == ["resnet_cifar", "synthetic", "3", "0.0450"]
     diffs = [runs["rs", s]["test/acc_local"] - runs["uniform", s]["test/acc_local"] for s in (0, 1)]
@@ -420,8 +420,7 @@ def test_a_tiny_sweep_over_seeds_produces_the_paired_difference_table(tmp_path):
     # two seeds give the interval but never a verdict: one needs three
     assert local[0][12] == "not resolved (n<3)"
 
-    rows = [r.removeprefix("| ").removesuffix(" |").split(" | ")
-            for r in out.split("## Paired")[0].splitlines() if r.startswith("| resnet_cifar")]
+    rows = md_rows(out, 0)
     # one epoch, not the scratch recipe's 30: the rows say so, and still pair rs with uniform
     assert [r[3] for r in rows] == ["Psi (mapped N-way)", "Psi' (rs), from scratch, 1 epoch",
                                     "uniform, from scratch, 1 epoch"]
@@ -519,6 +518,28 @@ def test_pruning_criteria_are_paired_with_l1_and_random_and_iterative_with_one_s
     iterative = pairs["iterative vs one-shot", carved.format("hrank") + ", 4 steps", "test/acc"]
     assert iterative[6] == carved.format("hrank") and iterative[8:10] == ["3", "0.0110"]  # 0.01 + 0.001 seed
     assert iterative[12] == "A > B"
+    tally = {(r[0], r[1]): r[2:] for r in md_rows(res.stdout, 2)}  # stats.md's third table
+    for (name, metric), counts in tally.items():
+        judged = [r[12] for r in pairs.values() if name in ("all", r[4]) and metric in ("all", r[7])
+                  and not r[12].startswith("not resolved (")]
+        assert counts[:4] == [str(len(judged))] + [str(judged.count(v)) for v in ("A > B", "A < B", "not resolved")]
+    assert tally["iterative vs one-shot", "all"][:2] == ["1", "1"]  # test/acc, resolved
+
+
+def test_verdict_tally_counts_only_intervals_that_can_judge_and_the_chance_share():
+    """stats.md's "Verdicts by comparison": pairs of two seeds or equal differences cannot give a
+    verdict and are not counted; 5 % of the counted intervals would exclude 0 by chance."""
+    mod = load_tables()
+    header = ["comparison", "metric", "verdict"]
+    pairs = [["apoz vs l1", "test/acc", v] for v in ("A < B", "not resolved", "not resolved (n<3)")]
+    pairs += [["apoz vs l1", "int8/test/acc", "not resolved (sd 0)"]]
+    pairs += [["iterative vs one-shot", "test/acc", v] for v in ("A > B", "A < B") + ("not resolved",) * 18]
+    head, table = mod.verdict_tally(header, pairs)
+    assert head[2:] == ["intervals", "A > B", "A < B", "not resolved", "expected to exclude 0 by chance"]
+    assert table == [["apoz vs l1", "all", "2", "0", "1", "1", "0.1"],
+                     ["iterative vs one-shot", "all", "20", "1", "1", "18", "1.0"],
+                     ["all", "test/acc", "22", "1", "2", "19", "1.1"],
+                     ["all", "all", "22", "1", "2", "19", "1.1"]]
 
 
 def test_stats_plot_draws_each_paired_interval_in_points_per_metric(tmp_path):
@@ -813,8 +834,7 @@ def test_stats_pair_polynomial_with_constant_sparsity_seed_by_seed(tmp_path):
     assert list(rows) == ["full width, fine-tuned", poly, f"{poly}, augmentation off",
                           f"{poly}, constant sparsity", f"{poly}, constant sparsity, augmentation off"]
     assert "| 0.8367 ± 0.0058 (3) |" in rows["full width, fine-tuned"]  # the dense reference
-    pairs = {(r[4], r[5], r[7]): r for r in (line.removeprefix("| ").removesuffix(" |").split(" | ")
-                                             for line in part[1].splitlines()) if r[0] == "resnet20"}
+    pairs = {(r[4], r[5], r[7]): r for r in md_rows(res.stdout, 1)}
     half = T975_2 * 0.01 / math.sqrt(3)
     fp32 = pairs["polynomial vs constant", poly, "test/acc"]
     assert fp32[:4] == ["resnet20", "cifar10_jpeg", "10", "-"] and fp32[6] == f"{poly}, constant sparsity"
@@ -847,8 +867,7 @@ def test_stats_pair_each_recipe_with_and_without_augmentation_seed_by_seed(tmp_p
             metrics=gmp_metrics(0.6, 0.6, 0.7, 300_000, 100_000))
     res = stats_cli(sweep)
     assert res.returncode == 0, res.stderr
-    pairs = {(r[4], r[5], r[7]): r for r in (line.removeprefix("| ").removesuffix(" |").split(" | ")
-             for line in res.stdout.split("## Paired")[1].splitlines()) if r[0] == "resnet20"}
+    pairs = {(r[4], r[5], r[7]): r for r in md_rows(res.stdout, 1)}
     dense = pairs["augmentation on vs off", "full width, fine-tuned", "test/acc"]
     assert dense[6] == "full width, fine-tuned, augmentation off"
     # per seed 0.83 - 0.80, 0.84 - 0.82, 0.84 - 0.81: 0.03, 0.02, 0.03
