@@ -40,8 +40,9 @@ schedule (polynomial, constant, or dense: the unpruned reference) and augmentati
 fp32 and int8 test accuracy as "mean ± sd (n seeds)", the measured sparsity of the conv + linear
 weights, the fp32 ONNX and int8 files' bytes, plain and gzip -9 (the zeros compress), the gzip
 sizes as fractions of the fp32 file, and the number of unfinished runs. stats pairs the
-schedules ("polynomial vs constant") and every pruned row with its dense reference
-("magnitude-pruned vs dense") seed by seed on test/acc and int8/test/acc.
+schedules ("polynomial vs constant"), every pruned row with its dense reference ("magnitude-pruned vs
+dense") and every pruned row trained with augmentation with the dense reference trained without
+it ("pruned with augmentation vs dense without") seed by seed on test/acc and int8/test/acc.
 
 deploy: a pruning study's deployment measures in one table (scripts/evidence/vgg_featuremap.sh:
 the edge-deployment proposal's accuracy, parameters, FLOPs, time per image and file size). One
@@ -302,6 +303,7 @@ AS_GIVEN = "full width, trained weights as given (no training)"  # train.epochs=
 SEARCHES = {"netadapt": "NetAdapt", "morphnet": "MorphNet"}  # compression methods that plan
 LATENCY_BUDGET = ", latency budget"  # scaling.budget.unit=latency: one-shot against the table
 CONSTANT = ", constant sparsity"
+MAGNITUDE = re.compile(r", magnitude-pruned [^,]+(, constant sparsity)?")  # the sparsity and schedule
 AUGMENTATION = re.compile(r", augmentation ([^,]+)")  # trained without (part of) the augmentation
 AUGMENTED = "augmentation on vs "  # the pair of a row with AUGMENTATION and its augmented twin
 FROM_RUN = ", distilled from a run"  # train.distill.teacher: a finished run's model taught it
@@ -527,7 +529,8 @@ STATS_METRICS = ["test/acc_local", "test/acc_global", "test/acc_raw", "test/cal/
                  "plan/latency_predicted_ms", "netadapt/final", "netadapt/short_term_images"]
 PAIR_METRICS = ["test/acc_local", "test/cal/acc_local", "openset/unseen/auroc_misc"]
 # magnitude pruning keeps the classes (e.g. all 10 of CIFAR-10, no misc): plain and int8 accuracy
-SPARSE_PAIRS = ("polynomial vs constant", "magnitude-pruned vs dense")
+PRUNED_AUGMENTED = "pruned with augmentation vs dense without"
+SPARSE_PAIRS = ("polynomial vs constant", "magnitude-pruned vs dense", PRUNED_AUGMENTED)
 SPARSE_PAIR_METRICS = PAIR_METRICS + ["test/acc", "int8/test/acc"]
 # a latency-budgeted plan against NetAdapt to the same latency: accuracy and the measured latency
 ONE_SHOT = "one-shot vs NetAdapt"
@@ -724,14 +727,17 @@ def criterion_pairs(carved: list[Row], row) -> list[tuple[str, Row | None, Row |
 
 def magnitude_pairs(networks: list[str], row) -> list[tuple[str, Row | None, Row | None]]:
     """Magnitude pruning's comparisons among one model's ``networks`` (``row`` finds a row by
-    its network): the polynomial schedule against constant sparsity, and every pruned network
-    against the same network unpruned (the dense reference), each with the same training."""
-    pruned = [nw for nw in networks if ", magnitude-pruned " in nw]
+    its network): the polynomial schedule against constant sparsity, every pruned network
+    against the same network unpruned (the dense reference), each with the same training, and
+    every pruned network trained with augmentation against the dense one trained without it
+    (the GMP seed project's claim: augmentation more than offsets the pruned weights)."""
+    pruned = [nw for nw in networks if MAGNITUDE.search(nw)]
     pairs = [("polynomial vs constant", row(nw.replace(CONSTANT, "")), row(nw))
              for nw in pruned if CONSTANT in nw]
-    return pairs + [("magnitude-pruned vs dense", row(nw),
-                     row(re.sub(r", magnitude-pruned [^,]+(, constant sparsity)?", "", nw)))
-                    for nw in pruned]
+    pairs += [("magnitude-pruned vs dense", row(nw), row(MAGNITUDE.sub("", nw))) for nw in pruned]
+    dense_without = [nw for nw in networks if not MAGNITUDE.search(nw) and AUGMENTATION.search(nw)]
+    return pairs + [(PRUNED_AUGMENTED, row(nw), row(d)) for nw in pruned if not AUGMENTATION.search(nw)
+                    for d in dense_without if AUGMENTATION.sub("", d) == MAGNITUDE.sub("", nw)]
 
 
 def paired_ci(diffs: list[float]) -> tuple[float | None, float | None, float | None, str]:

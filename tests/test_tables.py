@@ -879,6 +879,15 @@ def test_stats_pair_each_recipe_with_and_without_augmentation_seed_by_seed(tmp_p
     assert one[12] == "not resolved (n<2)"
     assert ("augmentation on vs off", f"{poly}, constant sparsity", "int8/test/acc") in pairs
     assert not any("0.7" in k[1] for k in pairs if k[0] == "augmentation on vs off")  # no twin
+    # the seed project's claim: a pruned network with augmentation against the dense one without
+    pays = {k[1]: r for k, r in pairs.items() if k[0] == "pruned with augmentation vs dense without"
+            and k[2] == "test/acc"}
+    assert set(pays) == {poly, f"{poly}, constant sparsity"}  # only pruned rows trained with it
+    assert {r[6] for r in pays.values()} == {"full width, fine-tuned, augmentation off"}
+    # polynomial 0.81, 0.83, 0.82 against 0.80, 0.82, 0.81: +0.01 on every seed, no spread
+    assert pays[poly][8:10] == ["3", "0.0100"] and pays[poly][12] == "not resolved (sd 0)"
+    # constant 0.80 on every seed: 0, -0.02, -0.01
+    assert pays[f"{poly}, constant sparsity"][8:12] == ["3", "-0.0100", "-0.0348", "0.0148"]
 
 
 def test_records_keep_a_study_s_tables_after_its_run_directories_are_gone(tmp_path):

@@ -11,11 +11,13 @@
 #      the first step, compression.sparsity.end_epoch=0);
 #   2. without augmentation, the same five runs, seeds NOAUG_SEEDS (SEEDS by default; the
 #      seed project's claim is that augmentation more than pays for the pruned neurons: its
-#      conclusion "augmentation on vs off", matched seed by seed, needs the three);
+#      comparisons "augmentation on vs off" and "pruned with augmentation vs dense without",
+#      matched seed by seed, need the three);
 # then the tables: results/gmp/gmp.md and .csv (accuracy fp32 / int8 over seeds, sparsity,
 # file sizes), its plot results/gmp/gmp.png and results/gmp/stats.md (every row over seeds;
-# pairs "polynomial vs constant", "magnitude-pruned vs dense" and "augmentation on vs off",
-# their 95 % intervals plotted in results/gmp/pairs.png).
+# pairs "polynomial vs constant", "magnitude-pruned vs dense", "augmentation on vs off" and
+# "pruned with augmentation vs dense without", their 95 % intervals plotted in
+# results/gmp/pairs.png).
 # Runs go to $RUNS/cifar_gmp/<overrides> (RUNS=outputs/multirun by default). Rerun the same
 # command after a kill: finished runs are skipped stage by stage, a killed one resumes from its
 # last checkpoint, and a run recorded in the committed results/gmp/runs.jsonl is not run again
