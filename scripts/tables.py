@@ -886,7 +886,7 @@ def forest_plot(panels: dict[str, list[tuple]], path: Path) -> None:
                         color=color, markerfacecolor=color if resolved else "white")
         ax.axvline(0, color="0.3", linewidth=0.8, linestyle="--")
         unit = " (points)" if ACCURACY.search(metric) else ""
-        ax.set(title=metric, xlabel=f"mean A - B{unit}, 95 % interval")
+        ax.set(title=metric, xlabel=f"mean A - B{unit}\n95 % interval")
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_yticks(list(y.values()), labels, fontsize=7)
     fig.suptitle("paired differences over seeds: red = interval excludes 0, blue = n >= 3, "
