@@ -824,13 +824,14 @@ def verdict_tally(pair_header: list[str], pairs: list[list[str]]) -> tuple[list[
     by chance alone."""
     col = {h: i for i, h in enumerate(pair_header)}
     counts: dict[tuple[str, str], list[int]] = {}
-    judged = [p for p in pairs if p[col["verdict"]] in JUDGED]
-    for keys in ([(p[col["comparison"]], "all") for p in judged], [("all", p[col["metric"]]) for p in judged],
-                 [("all", "all")] * len(judged)):
-        for key, p in zip(keys, judged):
-            counts.setdefault(key, [0, 0, 0])[JUDGED.index(p[col["verdict"]])] += 1
+    for p in pairs:
+        if p[col["verdict"]] in JUDGED:
+            for key in ((p[col["comparison"]], "all"), ("all", p[col["metric"]]), ("all", "all")):
+                counts.setdefault(key, [0, 0, 0])[JUDGED.index(p[col["verdict"]])] += 1
+    # comparisons first, then metrics, then all (each in the pairs' order)
+    keys = sorted(counts, key=lambda k: (k[0] == "all", k[1] == "all"))
     return (["comparison", "metric", "intervals", "A > B", "A < B", "not resolved",
-             "expected to exclude 0 by chance"], [[*key, *tally(c)] for key, c in counts.items()])
+             "expected to exclude 0 by chance"], [[*k, *tally(counts[k])] for k in keys])
 
 
 def tally(c: list[int]) -> list[str]:
