@@ -8,6 +8,7 @@
     python scripts/tables.py gmp    <run dir or sweep dir> ... [--csv FILE]
     python scripts/tables.py records <run dir or sweep dir> ... --out runs.jsonl
     python scripts/tables.py deploy <run dir or sweep dir> ... --runtimes FILE [--csv FILE]
+    python scripts/tables.py rerun  <first runs> <their reruns> [--csv FILE]
 
 Every kind but curve also reads runs.jsonl files (records: the finished runs' metrics and
 configs, one JSON line each) in place of run directories, so a study's tables can be rebuilt,
@@ -52,6 +53,11 @@ and from --runtimes (a ``bench.py int8 --run-dirs`` JSON) each runtime's fp32 an
 image at its batch, the mean over the row's runs that the bench timed (their seeds in "timed
 seeds"; "-" where none was). A bench row that matches no run is an error: the file and the
 runs are from different studies.
+
+rerun: the same runs (same labels) run twice, e.g. on another machine: run by run the first
+and the rerun's test accuracies (fp32, int8, local) and machines, and per metric the mean
+difference with its 95 % interval, beside the seed-to-seed sd of the same networks in the first
+runs: does a rerun move a result as much as another seed does, or in one direction?
 
 A sweep directory is searched for run directories (folders holding config.yaml); a run
 without metrics.json (killed, failed or still running) shows as "missing", never as zeros;
@@ -1137,11 +1143,74 @@ def records(paths: list[Path], out: Path | None) -> int:
     return 0
 
 
+RERUN_METRICS = ["test/acc", "int8/test/acc", "test/acc_local"]
+NOT_RECORDED = "not recorded"  # runs from before metrics named the machine
+RERUN_METHOD = ("95 % CI: mean ± t(0.975, n-1) · sd / √n of the per-run differences rerun - first "
+                "(Student t, sd with n-1); a verdict only where it excludes 0, with three runs or more "
+                "and differences not all equal. rerun sd: the differences' sd over √2, one run's sd "
+                "were a rerun as random as another seed; seed sd: the sd over the seeds of each "
+                "matched network's row in the first runs, pooled over the rows.")
+
+
+def rerun(paths: list[Path], csv_path: Path | None) -> int:
+    """The same runs run twice: ``paths`` are the first runs and their reruns (another machine,
+    another torch), matched by label; one line per run and metric (first, rerun, rerun - first)
+    and per metric the paired differences' mean with a 95 % interval (:func:`paired_ci`), their sd
+    over sqrt 2 (one run's rerun sd, were reruns as random as seeds) beside the seed sd of the
+    matched rows (model and network) in the first runs, pooled over every seed they have there."""
+    if len(paths) != 2:
+        sys.exit("tables.py rerun: give two sets of runs, the first runs and their reruns "
+                 f"(run or sweep directories or runs.jsonl files), not {len(paths)}")
+    first, again = ({label: (m, cfg) for label, m, cfg in map(load, unique_runs(run_dirs([p]))) if m}
+                    for p in paths)
+    def ident(cfg: dict) -> tuple:  # model, network, seed
+        return conf(cfg, "model.name"), network(cfg)[1], conf(cfg, "seed")
+    matched = sorted((lb for lb in again if lb in first), key=lambda lb: str(ident(first[lb][1])))
+    if not matched:
+        sys.exit(f"tables.py rerun: no finished run of {paths[1]} is in {paths[0]} (runs match by label)")
+    header = ["model", "network", "seed", "first machine", "rerun machine", "metric", "first", "rerun",
+              "rerun - first"]
+    table, diffs = [], {}
+    for label in matched:
+        (ma, ca), (mb, cb) = first[label], again[label]
+        if ident(ca) != ident(cb):
+            what = lambda c: "{} / {} / seed {}".format(*ident(c))  # noqa: E731
+            sys.exit(f"tables.py rerun: {label} is {what(ca)} in {paths[0]} but {what(cb)} in {paths[1]}")
+        for k in RERUN_METRICS:
+            if number(ma.get(k)) and number(mb.get(k)):
+                diffs.setdefault(k, []).append(mb[k] - ma[k])
+                table.append([*map(str, ident(ca)), ma.get("machine/cpu", NOT_RECORDED),
+                              mb.get("machine/cpu", NOT_RECORDED), k, fmt(ma[k]), fmt(mb[k]),
+                              fmt(mb[k] - ma[k])])
+    rows = {ident(first[lb][1])[:2] for lb in matched}
+    seeds: dict[tuple, list] = {}  # (model, network, metric): the first runs' values, one per seed
+    for m, cfg in first.values():
+        for k in RERUN_METRICS:
+            if ident(cfg)[:2] in rows and number(m.get(k)):
+                seeds.setdefault((*ident(cfg)[:2], k), []).append(m[k])
+    summary_header = ["metric", "runs", "mean rerun - first", "CI low", "CI high", "verdict",
+                      "largest absolute difference", "rerun sd (sd / √2)", "seed sd (first runs)"]
+    summary = []
+    for k, ds in diffs.items():
+        groups = [v for key, v in seeds.items() if key[2] == k and len(v) > 1]
+        dof = sum(len(g) - 1 for g in groups)
+        pooled = math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in groups) / dof) if dof else None
+        mean, low, high, verdict = paired_ci(ds)
+        rerun_sd = statistics.stdev(ds) / math.sqrt(2) if len(ds) > 1 else None
+        summary.append([k, str(len(ds)), *("-" if v is None else fmt(float(v)) for v in (mean, low, high)),
+                        verdict, fmt(max(map(abs, ds))), *("-" if v is None else fmt(v) for v in (rerun_sd, pooled))])
+    print("## Reruns against the first runs, per metric\n\n" + RERUN_METHOD + "\n\n" +
+          markdown(summary_header, summary) + "\n## Run by run\n\n" + markdown(header, table), end="")
+    if csv_path:
+        write_csv(csv_path, header, table)
+    return 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "deploy", "gmp", "records", "stats", "thesis"])
+    p.add_argument("kind", choices=sorted(COLUMNS) + ["curve", "deploy", "gmp", "records", "rerun", "stats", "thesis"])
     p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp, deploy)")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV (prune, runs, gmp, deploy, rerun: run by run)")
     p.add_argument("--runtimes", type=Path, help="deploy: the bench.py int8 JSON of the runs' "
                                                  "time per image")
     p.add_argument("--plot", type=Path, help="gmp: also draw accuracy and stored size against "
@@ -1155,6 +1224,8 @@ def main() -> None:
         sys.exit(stats(args.paths, args.out, args.plot))
     if args.kind == "records":
         sys.exit(records(args.paths, args.out))
+    if args.kind == "rerun":
+        sys.exit(rerun(args.paths, args.csv))
     if args.kind == "gmp":
         sys.exit(gmp(args.paths, args.csv, args.plot))
     if args.kind == "deploy":

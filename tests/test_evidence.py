@@ -134,6 +134,29 @@ def test_the_gmp_study_runs_dense_polynomial_and_constant_with_and_without_augme
     assert not list((tmp_path / "runs").rglob("model.pt"))
     assert {f: (out / f).read_text() for f in tables} == tables
 
+    # the machine study: the runs with augmentation rerun under their labels, against records
+    # whose test accuracy is marked (0.123), so the tables show which record each value is from
+    marked = []
+    for r in records(out):
+        if "augment" not in r["label"]:
+            r["metrics"]["test/acc"] = 0.123
+        marked.append(json.dumps(r))
+    (tmp_path / "first.jsonl").write_text("\n".join(marked) + "\n")
+    machine = tmp_path / "machine"
+    res = evidence("gmp_machine.sh", tmp_path, MODELS="resnet_cifar", SEEDS="0", EXTRA=TINY_RESNET,
+                   FIRST=str(tmp_path / "first.jsonl"), OUT=str(machine))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(records(machine)) == 5 and all("augment" not in r["label"] for r in records(machine))
+    with (machine / "rerun.csv").open() as f:
+        reruns = list(csv.DictReader(f))
+    assert sorted(r["metric"] for r in reruns) == ["int8/test/acc"] * 5 + ["test/acc"] * 5
+    assert {r["first"] for r in reruns if r["metric"] == "test/acc"} == {"0.1230"}
+    assert "0.1230" not in {r["rerun"] for r in reruns}
+    assert {("augmentation on vs off", "test/acc"), ("polynomial vs constant", "test/acc")} <= pairs(machine)
+    # stats over the records with the reruns in their place: no marked value is left
+    assert "0.1230" not in (machine / "stats.md").read_text()
+    assert (machine / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_the_distillation_study_pairs_each_network_with_and_without_its_teacher_run(tmp_path):
     res = evidence("kd_cifar.sh", tmp_path, EPOCHS="1", NETWORKS="kd_mobilenet_cifar", SEEDS="0",

@@ -890,6 +890,45 @@ def test_stats_pair_each_recipe_with_and_without_augmentation_seed_by_seed(tmp_p
     assert pays[f"{poly}, constant sparsity"][8:12] == ["3", "-0.0100", "-0.0348", "0.0148"]
 
 
+def test_reruns_are_matched_by_label_with_an_interval_beside_the_seed_sd(tmp_path):
+    """tables.py rerun: the same runs (labels) run again elsewhere; run by run the two results
+    and machines, per metric the mean rerun - first with its interval, the rerun sd beside the
+    first runs' seed sd; a run of another network or seed under the same label is an error."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    for seed, (dense, poly) in enumerate([(0.83, 0.81), (0.84, 0.83), (0.84, 0.82)]):
+        gmp_run(first / f"dense{seed}", sparsity=None, seed=seed,
+                metrics=gmp_metrics(dense, dense - 0.01, 0.0, 930_000, 280_000))
+        gmp_run(first / f"poly{seed}", seed=seed, metrics=gmp_metrics(poly, poly - 0.01, 0.6, 400_000, 130_000))
+    intel = {"machine/cpu": "Intel Xeon"}
+    for name, seed, acc in [("dense1", 1, 0.845), ("dense2", 2, 0.83), ("poly1", 1, 0.835), ("poly2", 2, 0.84)]:
+        gmp_run(again / name, sparsity=None if name.startswith("dense") else 0.6, seed=seed,
+                metrics={**gmp_metrics(acc, acc - 0.01, 0.6, 400_000, 130_000), **intel})
+    gmp_run(again / "const0", schedule="constant", metrics=gmp_metrics(0.8, 0.8, 0.6, 1, 1))  # not in first
+    out = tables("rerun", first, again, "--csv", tmp_path / "rerun.csv")
+    summary, runs = md_rows(out, 0), md_rows(out, 1)
+    # differences 0.005, -0.01, 0.005, 0.02: mean 0.005, sd sqrt(0.00015)
+    half = 3.182446 * math.sqrt(0.00015) / 2  # t(0.975, 3)
+    for metric, row in zip(["test/acc", "int8/test/acc"], summary):
+        assert row[:2] == [metric, "4"] and row[5] == "not resolved"
+        assert [float(x) for x in row[2:5]] == pytest.approx([0.005, 0.005 - half, 0.005 + half], abs=5e-5)
+        assert row[6] == "0.0200"
+        assert float(row[7]) == pytest.approx(math.sqrt(0.00015 / 2), abs=5e-5)
+        # seed sd pooled over dense (0.83, 0.84, 0.84) and polynomial (0.81, 0.83, 0.82)
+        assert float(row[8]) == pytest.approx(math.sqrt((2 * 0.0001 / 3 + 2 * 0.0001) / 4), abs=5e-5)
+    assert len(summary) == 2 and len(runs) == 8  # no local accuracy without a misc class
+    dense1 = runs[0]
+    assert dense1[:6] == ["resnet20", "full width, fine-tuned", "1", "not recorded", "Intel Xeon", "test/acc"]
+    assert dense1[6:] == ["0.8400", "0.8450", "0.0050"]
+    assert (tmp_path / "rerun.csv").read_text().count("\n") == 9
+    gmp_run(again / "poly0", seed=5, metrics=gmp_metrics(0.8, 0.8, 0.6, 1, 1))  # poly0's label, seed 5
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "rerun", str(first), str(again)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "cifar_gmp/poly0 is resnet20" in res.stderr and "seed 5" in res.stderr
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "tables.py"), "rerun", str(first / "poly1"),
+                          str(again / "const0")], capture_output=True, text=True)
+    assert res.returncode == 1 and "no finished run" in res.stderr
+
+
 def test_records_keep_a_study_s_tables_after_its_run_directories_are_gone(tmp_path):
     """tables.py records writes the finished runs as runs.jsonl; stats from that file alone
     equals stats from the run directories, and the file merged with the same directories (a
