@@ -1161,33 +1161,34 @@ def rerun(paths: list[Path], csv_path: Path | None) -> int:
     if len(paths) != 2:
         sys.exit("tables.py rerun: give two sets of runs, the first runs and their reruns "
                  f"(run or sweep directories or runs.jsonl files), not {len(paths)}")
-    first, again = ({label: (m, cfg) for label, m, cfg in map(load, unique_runs(run_dirs([p]))) if m}
-                    for p in paths)
     def ident(cfg: dict) -> tuple:  # model, network, seed
         return conf(cfg, "model.name"), network(cfg)[1], conf(cfg, "seed")
-    matched = sorted((lb for lb in again if lb in first), key=lambda lb: str(ident(first[lb][1])))
+    # {label: (metrics, (model, network, seed))} of each set's finished runs
+    first, again = ({label: (m, ident(cfg)) for label, m, cfg in map(load, unique_runs(run_dirs([p]))) if m}
+                    for p in paths)
+    matched = sorted((lb for lb in again if lb in first), key=lambda lb: str(first[lb][1]))
     if not matched:
         sys.exit(f"tables.py rerun: no finished run of {paths[1]} is in {paths[0]} (runs match by label)")
     header = ["model", "network", "seed", "first machine", "rerun machine", "metric", "first", "rerun",
               "rerun - first"]
     table, diffs = [], {}
     for label in matched:
-        (ma, ca), (mb, cb) = first[label], again[label]
-        if ident(ca) != ident(cb):
-            what = lambda c: "{} / {} / seed {}".format(*ident(c))  # noqa: E731
-            sys.exit(f"tables.py rerun: {label} is {what(ca)} in {paths[0]} but {what(cb)} in {paths[1]}")
+        (ma, ia), (mb, ib) = first[label], again[label]
+        if ia != ib:
+            sys.exit(f"tables.py rerun: {label} is {'{} / {} / seed {}'.format(*ia)} in {paths[0]} but "
+                     f"{'{} / {} / seed {}'.format(*ib)} in {paths[1]}")
         for k in RERUN_METRICS:
             if number(ma.get(k)) and number(mb.get(k)):
                 diffs.setdefault(k, []).append(mb[k] - ma[k])
-                table.append([*map(str, ident(ca)), ma.get("machine/cpu", NOT_RECORDED),
+                table.append([*map(str, ia), ma.get("machine/cpu", NOT_RECORDED),
                               mb.get("machine/cpu", NOT_RECORDED), k, fmt(ma[k]), fmt(mb[k]),
                               fmt(mb[k] - ma[k])])
-    rows = {ident(first[lb][1])[:2] for lb in matched}
+    rows = {first[lb][1][:2] for lb in matched}
     seeds: dict[tuple, list] = {}  # (model, network, metric): the first runs' values, one per seed
-    for m, cfg in first.values():
+    for m, i in first.values():
         for k in RERUN_METRICS:
-            if ident(cfg)[:2] in rows and number(m.get(k)):
-                seeds.setdefault((*ident(cfg)[:2], k), []).append(m[k])
+            if i[:2] in rows and number(m.get(k)):
+                seeds.setdefault((*i[:2], k), []).append(m[k])
     summary_header = ["metric", "runs", "mean rerun - first", "CI low", "CI high", "verdict",
                       "largest absolute difference", "rerun sd (sd / √2)", "seed sd (first runs)"]
     summary = []
@@ -1197,8 +1198,8 @@ def rerun(paths: list[Path], csv_path: Path | None) -> int:
         pooled = math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in groups) / dof) if dof else None
         mean, low, high, verdict = paired_ci(ds)
         rerun_sd = statistics.stdev(ds) / math.sqrt(2) if len(ds) > 1 else None
-        summary.append([k, str(len(ds)), *("-" if v is None else fmt(float(v)) for v in (mean, low, high)),
-                        verdict, fmt(max(map(abs, ds))), *("-" if v is None else fmt(v) for v in (rerun_sd, pooled))])
+        cells = ["-" if v is None else fmt(float(v)) for v in (mean, low, high, rerun_sd, pooled)]
+        summary.append([k, str(len(ds)), *cells[:3], verdict, fmt(max(map(abs, ds))), *cells[3:]])
     print("## Reruns against the first runs, per metric\n\n" + RERUN_METHOD + "\n\n" +
           markdown(summary_header, summary) + "\n## Run by run\n\n" + markdown(header, table), end="")
     if csv_path:
